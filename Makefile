@@ -1,0 +1,42 @@
+# NAMI kit. Every target runs inside .venv/ (created by `make setup` from the pinned requirements).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= experiments/tiny.yaml
+ARGS   ?=
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast info lock clean
+
+setup: $(VENV)/.installed
+
+# torch/torchvision first, on their own: pip then resolves the rest against the exact build on disk.
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup  ## the main job (grows into the full tiny run as the data/training/sampling issues land)
+	$(BIN)/nami info experiments/tiny.yaml
+	$(BIN)/nami info experiments/nami_2b.yaml
+
+test: setup  ## the whole suite (the README's test command; CI runs it)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+test-fast: setup  ## skip the slow end-to-end and multi-process tests
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+info: setup  ## parameters, tokens, FLOPs and predicted speed of CONFIG
+	$(BIN)/nami info $(CONFIG) $(ARGS)
+
+lock: setup  ## regenerate constraints.txt from the current .venv
+	( echo "# Full transitive lock, generated with \`pip freeze\` from a .venv built from requirements.txt."; \
+	  echo "# Regenerate with \`make lock\` after changing a pin."; \
+	  $(BIN)/pip freeze --exclude-editable ) > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

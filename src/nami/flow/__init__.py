@@ -1,0 +1,39 @@
+"""The math of multi-stage rectified flow (no Lightning, no I/O), after SiT's `transport/`."""
+
+from .pyramid import block_noise, data_pyramid, down, noise_down, noise_pyramid, up
+from .sampler import SampleTrace, VelocityFn, euler_stage, guided, initial_noise, progressive_sample
+from .schedule import PyramidSchedule
+from .training import (
+    Bridge,
+    FlowSample,
+    bridge_pair,
+    flow_sample,
+    interpolate,
+    sample_local_sigma,
+    stage_endpoints,
+    stage_ratios_at,
+)
+
+__all__ = [
+    "Bridge",
+    "FlowSample",
+    "PyramidSchedule",
+    "SampleTrace",
+    "VelocityFn",
+    "block_noise",
+    "bridge_pair",
+    "data_pyramid",
+    "down",
+    "euler_stage",
+    "flow_sample",
+    "guided",
+    "initial_noise",
+    "interpolate",
+    "noise_down",
+    "noise_pyramid",
+    "progressive_sample",
+    "sample_local_sigma",
+    "stage_endpoints",
+    "stage_ratios_at",
+    "up",
+]

@@ -1,0 +1,61 @@
+"""Resolution pyramids: the Down/Up operators, data and noise pyramids, and Pyramid Flow's block noise.
+
+Every tensor is (B, C, H, W). Lists are ordered coarsest first, so index k is stage k.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def down(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pool: the data operator between stages (bilinear 2x down, no rescale)."""
+    return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
+def up(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsample."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def data_pyramid(x: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
+    """x^(K-1) = x, x^(k-1) = down(x^(k)); returned coarsest first."""
+    levels = [x]
+    for _ in range(num_stages - 1):
+        levels.append(down(levels[-1]))
+    return levels[::-1]
+
+
+def noise_down(n: torch.Tensor) -> torch.Tensor:
+    """2 x 2x2 average pool: keeps white unit-variance noise white and unit-variance."""
+    return 2.0 * down(n)
+
+
+def noise_pyramid(n: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
+    """Every level from one full-resolution draw: n^(k-1) = 2 pool(n^(k)); coarsest first."""
+    levels = [n]
+    for _ in range(num_stages - 1):
+        levels.append(noise_down(levels[-1]))
+    return levels[::-1]
+
+
+def block_noise(
+    shape: tuple[int, ...] | torch.Size,
+    gamma: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Noise whose every 2x2 block is a 4-vector with covariance (1 + gamma) I - gamma 11^T.
+
+    With P the projection onto the block mean, the covariance is (1 + gamma)(I - P) + (1 - 3 gamma) P, so its
+    square root applied to white noise e is sqrt(1 + gamma)(e - Pe) + sqrt(1 - 3 gamma) Pe.
+    """
+    if not 0.0 < gamma <= 1 / 3 + 1e-9:
+        raise ValueError(f"gamma must lie in (0, 1/3], got {gamma}")
+    # Draw where the generator lives (a CPU generator can seed CUDA sampling), then move.
+    draw_device = generator.device if generator is not None else device
+    eps = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+    mean = up(down(eps))
+    return (1.0 + gamma) ** 0.5 * (eps - mean) + max(1.0 - 3.0 * gamma, 0.0) ** 0.5 * mean

@@ -1,0 +1,87 @@
+"""Image <-> model space: `pixel` (identity; the tiny config) and diffusers' AutoencoderKL (FLUX / SD3 VAE).
+
+Images are (B, 3, H, W) in [-1, 1]; latents are (B, channels, H / downsample, W / downsample), scaled to
+about unit variance with the VAE's own scaling and shift factors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import AutoencoderConfig, ConfigError
+
+
+class Autoencoder(nn.Module):
+    """Base: `channels`, `downsample`; encode(images) -> latents, decode(latents) -> images."""
+
+    def __init__(self, channels: int, downsample: int):
+        super().__init__()
+        self.channels, self.downsample = channels, downsample
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PixelAutoencoder(Autoencoder):
+    """The identity: the model works on pixels."""
+
+    def __init__(self):
+        super().__init__(3, 1)
+
+    def encode(self, images):
+        return images
+
+    def decode(self, latents):
+        return latents
+
+
+class DiffusersKLAutoencoder(Autoencoder):
+    """A frozen diffusers AutoencoderKL; latents = (mean - shift) * scale, as FLUX and SD3 do."""
+
+    def __init__(self, path: str, scaling_factor: float | None = None, shift_factor: float | None = None):
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError:
+            raise ConfigError("autoencoder.kind", "diffusers_kl needs diffusers: pip install -e '.[gpu]'") from None
+        try:
+            vae = AutoencoderKL.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError("autoencoder.path", f"cannot load AutoencoderKL from {path} "
+                                                  f"({str(err).splitlines()[0]})") from None
+        config = vae.config
+        super().__init__(config.latent_channels, 2 ** (len(config.block_out_channels) - 1))
+        self.vae = vae.requires_grad_(False).eval()
+        self.scaling_factor = scaling_factor if scaling_factor is not None else config.scaling_factor
+        shift = shift_factor if shift_factor is not None else getattr(config, "shift_factor", None)
+        self.shift_factor = shift or 0.0
+
+    def train(self, mode: bool = True):  # frozen: stays in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, images):
+        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return (posterior.mean.float() - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents):
+        z = latents / self.scaling_factor + self.shift_factor
+        return self.vae.decode(z.to(self.vae.dtype)).sample.float()
+
+
+def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
+    """The configured kind; its channels / downsample must match the config the model is built for."""
+    if cfg.kind == "pixel":
+        ae: Autoencoder = PixelAutoencoder()
+    elif cfg.kind == "diffusers_kl":
+        ae = DiffusersKLAutoencoder(cfg.path, cfg.scaling_factor, cfg.shift_factor)
+    else:
+        raise ConfigError("autoencoder.kind", f"unknown kind {cfg.kind!r}")
+    for key, want, got in (("channels", cfg.channels, ae.channels), ("downsample", cfg.downsample, ae.downsample)):
+        if want != got:
+            raise ConfigError(f"autoencoder.{key}", f"is {want} but the {cfg.kind} autoencoder gives {got}")
+    return ae

@@ -1,0 +1,100 @@
+"""Config composition and validation: every failure is one line naming the key, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nami.cli import main
+from nami.config import ConfigError, NamiConfig, load
+
+from .helpers import EXPERIMENTS, LEARNED_TEXT
+
+TINY = str(EXPERIMENTS / "tiny.yaml")
+
+
+@pytest.mark.parametrize("name", ["tiny", "nami_0.6b", "nami_2b"])
+def test_presets_load_and_validate(name):
+    cfg = load(EXPERIMENTS / f"{name}.yaml")
+    assert isinstance(cfg, NamiConfig)
+    assert cfg.model.stage_depths[-1] == cfg.model.double_blocks + cfg.model.single_blocks
+    assert len(cfg.model.stage_depths) == cfg.num_stages == 3
+
+
+def test_base_chain_and_overrides_compose(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {TINY}\nname: child\nmodel:\n  width: 96\n  heads: 3\n")
+    grandchild = tmp_path / "grandchild.yaml"
+    grandchild.write_text("base: child.yaml\nsampler:\n  cfg: 1.5\n")
+    cfg = load(grandchild, ["model.heads=2", "seed=7"])
+    assert (cfg.name, cfg.model.width, cfg.model.heads, cfg.sampler.cfg, cfg.seed) == ("child", 96, 2, 1.5, 7)
+    assert cfg.model.stage_depths == [2, 4, 6]  # inherited from tiny.yaml
+    assert load(EXPERIMENTS / "nami_0.6b.yaml").autoencoder.channels == 16  # from nami_2b.yaml
+
+
+def test_environment_supplies_model_paths(monkeypatch):
+    monkeypatch.setenv("NAMI_VAE", "/models/flux-vae")
+    assert load(EXPERIMENTS / "nami_2b.yaml").autoencoder.path == "/models/flux-vae"
+
+
+BAD_OVERRIDES = [
+    (["model.depthh=3"], "model.depthh"),  # unknown key
+    (["model.width=abc"], "model.width"),  # wrong type
+    (["flow.gamma=[1]"], "flow.gamma"),  # wrong type (list for a float)
+    (["model.stage_depths=[2,2,6]"], "model.stage_depths"),  # not strictly increasing
+    (["model.stage_depths=[2,4,5]"], "model.stage_depths"),  # does not end at the block count
+    (["model.stage_depths=[3,6]"], "model.stage_depths"),  # 2 depths for 3 stages
+    (["flow.stage_range=[0,0.5,1]", "flow.stage_ratios=[1,1]", "sampler.steps=[5,5]"], "model.stage_depths"),
+    (["resolution=40"], "resolution"),  # not divisible by patch x 2^(K-1) = 16
+    (["flow.stage_range=[0,0.6,0.3,1]"], "flow.stage_range"),  # not increasing
+    (["flow.stage_range=[0.1,0.5,0.8,1]"], "flow.stage_range"),  # not from 0
+    (["flow.stage_range=[0,0.3,0.6,0.9]"], "flow.stage_range"),  # not to 1
+    (["flow.stage_ratios=[1,1]"], "flow.stage_ratios"),
+    (["bridge.kind=linear"], "bridge.kind"),
+    (["bridge.kind=mlp"], "bridge.solver"),  # no closed form for mlp
+    (["sampler.steps=[10,10]"], "sampler.steps"),
+    (["flow.gamma=0.5"], "flow.gamma"),
+    (["trainer.strategy=deepspeed"], "trainer.strategy"),
+    (["model.width"], "model.width"),  # not key=value
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD_OVERRIDES)
+def test_bad_config_is_one_line_naming_the_key_exit_2(overrides, key, capsys):
+    with pytest.raises(ConfigError) as err:
+        load(TINY, overrides)
+    assert err.value.key == key
+    assert main(["info", TINY, *overrides]) == 2
+    out, errors = capsys.readouterr()
+    assert out == ""
+    lines = errors.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], errors
+
+
+def test_bad_yaml_files_name_the_file_or_key(tmp_path, capsys):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(f"base: {TINY}\nmodel:\n  n_layers: 3\n")
+    assert main(["info", str(unknown)]) == 2
+    assert "model.n_layers" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    assert main(["info", str(broken)]) == 2
+    assert "broken.yaml" in capsys.readouterr().err
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text("base: cyclic.yaml\n")
+    assert main(["info", str(cyclic)]) == 2
+    assert "base" in capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path):
+    nami = Path(sys.executable).parent / "nami"
+    bad = subprocess.run([nami, "info", TINY, "model.stage_depths=[2,4,5]"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "model.stage_depths" in bad.stderr
+    good = subprocess.run([nami, "info", TINY, *LEARNED_TEXT], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr

@@ -1,0 +1,118 @@
+"""Training sample construction (DESIGN section 3): endpoints, interpolation, targets, densities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nami.bridges import Conv1x1Bridge, IdentityBridge, RenoiseBridge
+from nami.config import RatioPhase
+from nami.flow import (
+    PyramidSchedule,
+    bridge_pair,
+    down,
+    flow_sample,
+    noise_down,
+    sample_local_sigma,
+    stage_endpoints,
+    stage_ratios_at,
+    up,
+)
+
+SCHED = PyramidSchedule()
+SIZES = [4, 8, 16]
+
+
+def _random_conv_bridge():
+    bridge = Conv1x1Bridge(SCHED, 3, SIZES)
+    with torch.no_grad():
+        bridge.weight.add_(0.1 * torch.randn_like(bridge.weight))
+        bridge.bias.normal_()
+    return bridge
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_input_is_start_at_sigma_one_and_end_at_sigma_zero(k):
+    x = torch.randn(4, 3, SIZES[k], SIZES[k])
+    n = torch.randn_like(x)
+    bridge = _random_conv_bridge()
+    at_one = flow_sample(x, k, SCHED, bridge, sigma=torch.ones(4), noise=n)
+    at_zero = flow_sample(x, k, SCHED, bridge, sigma=torch.zeros(4), noise=n)
+    assert torch.equal(at_one.z, at_one.start) and torch.equal(at_zero.z, at_zero.end)
+    assert torch.equal(at_one.target, at_one.start - at_one.end)
+    t_start, t_end = SCHED.model_time_windows[k]
+    assert at_one.timestep.tolist() == pytest.approx([t_start] * 4)
+    assert at_zero.timestep.tolist() == pytest.approx([t_end] * 4)
+
+
+def test_endpoints_follow_the_design_formulas():
+    x2 = torch.randn(2, 3, 16, 16)
+    n2 = torch.randn_like(x2)
+    bridge = _random_conv_bridge()
+    e = SCHED.end_sigmas
+    # stage 0 starts at pure noise n^(0) = noise_down^2(n^(2)) and ends at e_0
+    x0, n0 = down(down(x2)), noise_down(noise_down(n2))
+    start0, end0 = stage_endpoints(x0, n0, 0, SCHED, bridge)
+    assert torch.equal(start0, n0) and torch.allclose(end0, e[0] * n0 + (1 - e[0]) * x0)
+    # the last stage ends at the data point itself
+    start2, end2 = stage_endpoints(x2, n2, 2, SCHED, bridge)
+    assert torch.equal(end2, x2)
+    # start_k = Bridge_k(Up(end_(k-1))), with end_(k-1) built from the pooled data and noise
+    x1, n1 = down(x2), noise_down(n2)
+    end1 = e[1] * n1 + (1 - e[1]) * x1
+    assert torch.allclose(start2, bridge(up(end1), 2), atol=1e-6)
+
+
+def test_renoise_start_is_pyramid_flows_corrected_start():
+    x = torch.randn(2, 3, 8, 8)
+    n = torch.randn_like(x)
+    start, _ = stage_endpoints(x, n, 1, SCHED, RenoiseBridge(SCHED, 3, SIZES))
+    c = SCHED.start_sigmas[1]
+    assert torch.allclose(start, c * n + (1 - c) * up(down(x)), atol=1e-6)
+
+
+def test_single_stage_is_plain_rectified_flow():
+    uniform = PyramidSchedule.uniform()
+    x = torch.randn(5, 3, 16, 16)
+    n = torch.randn_like(x)
+    sigma = torch.rand(5)
+    sample = flow_sample(x, 0, uniform, None, sigma=sigma, noise=n)
+    s = sigma.view(-1, 1, 1, 1)
+    assert torch.allclose(sample.z, (1 - s) * x + s * n, atol=1e-6)
+    assert torch.allclose(sample.target, n - x, atol=1e-6)
+    assert torch.allclose(sample.timestep, 1000 * sigma, atol=1e-4)
+
+
+def test_bridge_pair_targets_the_same_noise_level_one_resolution_up():
+    x = torch.randn(3, 3, 8, 8)
+    n = torch.randn_like(x)
+    u, y = bridge_pair(x, n, 1, SCHED)
+    e0 = SCHED.end_sigmas[0]
+    assert torch.allclose(u, up(e0 * noise_down(n) + (1 - e0) * down(x)), atol=1e-6)
+    assert torch.allclose(y, e0 * n + (1 - e0) * x, atol=1e-6)
+    # the identity bridge input is exactly what stage 1 starts from with the identity bridge
+    start, _ = stage_endpoints(x, n, 1, SCHED, IdentityBridge(SCHED, 3, SIZES))
+    assert torch.equal(start, u)
+    with pytest.raises(ValueError):
+        bridge_pair(x, n, 0, SCHED)
+
+
+def test_timestep_densities():
+    g = torch.Generator().manual_seed(0)
+    s = sample_local_sigma(200_000, "logit_normal", 0.0, 1.0, g)
+    logits = torch.log(s / (1 - s))
+    assert abs(logits.mean().item()) < 0.01 and abs(logits.std().item() - 1) < 0.01
+    shifted = sample_local_sigma(200_000, "logit_normal", 1.0, 0.5, g)
+    assert abs(torch.log(shifted / (1 - shifted)).mean().item() - 1.0) < 0.01
+    u = sample_local_sigma(200_000, "uniform", generator=g)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
+    with pytest.raises(ValueError):
+        sample_local_sigma(2, "cosine")
+
+
+def test_ratio_schedule_phases():
+    phases = [RatioPhase(0, [4, 2, 1]), RatioPhase(100, [2, 4, 1]), RatioPhase(200, [1, 2, 4])]
+    assert stage_ratios_at(0, [1, 1, 1], phases) == [4, 2, 1]
+    assert stage_ratios_at(150, [1, 1, 1], phases) == [2, 4, 1]
+    assert stage_ratios_at(10_000, [1, 1, 1], phases) == [1, 2, 4]
+    assert stage_ratios_at(50, [1, 1, 1], []) == [1, 1, 1]

@@ -8,15 +8,22 @@ ARGS   ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast info lock clean
+DATA_DIR ?= data/geneval_shapes
+DATA_NUM ?= 20000
 
-setup: $(VENV)/.installed
+.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b lock clean
+
+setup: $(VENV)/.installed $(VENV)/.editable
 
 # torch/torchvision first, on their own: pip then resolves the rest against the exact build on disk.
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+$(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	touch $@
+
+# The editable install maps packages as they exist when it runs: redo it when a package is added.
+$(VENV)/.editable: $(VENV)/.installed pyproject.toml $(wildcard src/nami/*/__init__.py) data_modules/__init__.py
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -29,6 +36,21 @@ test: setup  ## the whole suite (the README's test command; CI runs it)
 
 test-fast: setup  ## skip the slow end-to-end and multi-process tests
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+data: $(DATA_DIR)/.complete  ## GenEval-Shapes shards for the tiny config (DATA_DIR, DATA_NUM)
+
+$(DATA_DIR)/.complete: | setup
+	$(BIN)/nami data synth --out $(DATA_DIR) --num $(DATA_NUM) --shards 8 --resolution 32
+	touch $@
+
+pretrain-bridge: setup data  ## fit BridgeFlow for CONFIG (default tiny): runs/<name>/bridges.safetensors
+	$(BIN)/nami pretrain-bridge $(CONFIG) $(ARGS)
+
+train: setup data  ## joint flow training of CONFIG (default tiny); ARGS="trainer.resume=last" resumes
+	$(BIN)/nami train $(CONFIG) $(ARGS)
+
+train-2b: setup  ## NAMI-2B on a GPU node (FSDP2, bf16); exits 2 at once without CUDA
+	$(BIN)/nami train experiments/nami_2b.yaml $(ARGS)
 
 info: setup  ## parameters, tokens, FLOPs and predicted speed of CONFIG
 	$(BIN)/nami info $(CONFIG) $(ARGS)

@@ -117,18 +117,20 @@ class SamplerConfig:
 
 @dataclass
 class DataConfig:
-    """Streaming shards (webdataset tars or parquet), see DESIGN section 5."""
+    """Streaming shards (webdataset tars or parquet), see DESIGN section 5 and data_modules/."""
 
-    shards: list[str] = field(default_factory=list)  # paths, globs or fsspec URLs
-    format: str = "auto"  # auto | webdataset | parquet
-    num_workers: int = 2
-    batch_size: int = 16
-    key_column: str = "key"
-    caption_column: str = "caption"
-    image_column: str = "image"
-    min_size: int = 0
-    max_pixels: int = 64_000_000
-    shuffle_buffer: int = 0
+    # A path, glob, brace range ({00000..00009}), directory or fsspec URL, or a list of them. Typed Any so
+    # that the override `data.shards=/path/*.tar` (one string) is accepted as well as a list.
+    shards: Any = field(default_factory=list)
+    format: str = "auto"  # auto (from the file name) | webdataset | parquet
+    num_workers: int = 2  # dataloader workers per rank
+    batch_size: int = 16  # samples per rank and batch, split across stages by the stage ratios
+    key_column: str = "key"  # parquet: the sample key (a row without one is "<file>:<row>")
+    caption_column: str = "caption"  # parquet: the caption (tars: .txt, else json["caption"])
+    image_column: str = "image"  # parquet: image bytes, or a {"bytes", "path"} struct
+    min_size: int = 0  # skip images whose shorter side is below this (0: keep all)
+    max_pixels: int = 64_000_000  # skip images with more pixels (decompression bombs), before decoding
+    shuffle_buffer: int = 1000  # 0: no shuffle; n: shard order per epoch + seeded shuffle of n-record blocks
 
 
 @dataclass
@@ -149,12 +151,26 @@ class TrainerConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # auto (bf16-mixed where matmuls have native bf16, else 32-true) or a Lightning value
     checkpoint_every: int = 500
     log_every_n_steps: int = 10
     resume: str | None = None  # "last" or a checkpoint path
-    activation_checkpointing: bool = False
-    skip_nonfinite: bool = False
+    keep_checkpoints: int = 3  # newest step checkpoints kept (plus last.ckpt)
+    activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
+    skip_nonfinite: bool = False  # a non-finite loss or gradient: skip the step (True) or stop (False)
+    deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU; slower)
+
+
+@dataclass
+class LogConfig:
+    """What the training run writes besides losses (TensorBoard under runs/<name>/)."""
+
+    sample_every: int = 0  # steps between sample grids (0: only at the end)
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a red circle", "two blue squares", "a green triangle left of a yellow circle"]
+    )
+    sample_seed: int = 0
+    record_keys: bool = False  # write every step's sample keys to keys-rank<r>.jsonl (audits, resume tests)
 
 
 @dataclass
@@ -173,6 +189,7 @@ class NamiConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def num_stages(self) -> int:
@@ -343,15 +360,27 @@ def validate(cfg: NamiConfig) -> None:
     if s.uniform_steps < 1:
         raise ConfigError("sampler.uniform_steps", f"must be >= 1, got {s.uniform_steps}")
 
-    _check_choice("data.format", cfg.data.format, DATA_FORMATS)
-    if cfg.data.num_workers < 0:
-        raise ConfigError("data.num_workers", f"must be >= 0, got {cfg.data.num_workers}")
-    if cfg.data.batch_size < 1:
-        raise ConfigError("data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
+    _check_data(cfg.data)
     _check_choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
-    for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes"):
+    for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints"):
         if getattr(cfg.trainer, key) < 1:
             raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
+
+
+def _check_data(d: DataConfig) -> None:
+    shards = [d.shards] if isinstance(d.shards, str) else d.shards
+    if not isinstance(shards, list) or not all(isinstance(p, str) and p for p in shards):
+        raise ConfigError("data.shards", f"must be a path, glob or URL, or a list of them; got {d.shards!r}")
+    _check_choice("data.format", d.format, DATA_FORMATS)
+    for key in ("num_workers", "min_size", "shuffle_buffer"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
+    for key in ("batch_size", "max_pixels"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+    for key in ("key_column", "caption_column", "image_column"):
+        if not getattr(d, key):
+            raise ConfigError(f"data.{key}", "must be a column name")
 
 
 def _check_ratios(key: str, ratios: list[float], stages: int) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import (
     MLPEmbedder,
@@ -159,6 +160,7 @@ class NestedMMDiT(nn.Module):
             SingleStreamBlock(width, heads, mlp_ratio, qk_norm) for _ in range(single_blocks)
         )
         self.final = FinalLayer(width, in_channels * patch_size**2)
+        self.grad_checkpointing = False  # recompute each block's activations in backward (saves memory)
         self.initialize_weights()
 
     @property
@@ -235,13 +237,19 @@ class NestedMMDiT(nn.Module):
         n_double = min(depth, len(self.double_blocks))
         for i, block in enumerate(self.double_blocks[:n_double]):
             # when the stage ends on a double block, its text-stream update would feed nothing
-            img, txt = block(img, txt, vec, angles, mask, update_text=i < n_double - 1 or depth > n_double)
+            update_text = i < n_double - 1 or depth > n_double
+            img, txt = self._run(block, img, txt, vec, angles, mask, update_text=update_text)
         if depth > n_double:
             seq = torch.cat([txt, img], dim=1)
             for block in self.single_blocks[: depth - n_double]:
-                seq = block(seq, vec, angles, mask)
+                seq = self._run(block, seq, vec, angles, mask)
             img = seq[:, n_txt:]
         return self.unpatchify(self.final(img, vec), h, w)
+
+    def _run(self, block: nn.Module, *args, **kwargs):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False, **kwargs)
+        return block(*args, **kwargs)
 
     def stage_parameters(self, stage: int | None) -> list[nn.Parameter]:
         """Parameters that stage k's forward touches: embedders, its first blocks, the shared head."""

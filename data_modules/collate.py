@@ -1,0 +1,149 @@
+"""The batch type the training module consumes (`StageBatch`) and how a list of samples becomes one.
+
+Joint training splits every batch across stages by the ratios in force at its step, into groups of static
+size: largest-remainder rounding of batch_size x ratio / sum (24 at 1:1:1 is 8/8/8; 16 at 1:1:1 is 6/5/5,
+ties going to the coarser stage). Which sample lands in which group is a seeded permutation of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from nami.flow import data_pyramid, stage_ratios_at
+
+from .decode import Sample
+
+
+@dataclass
+class StageBatch:
+    """One batch split into stage groups; see `data_modules/__init__.py` for the contract."""
+
+    images: list[torch.Tensor]  # group i: (n_i, 3, side, side) float32 in [-1, 1]
+    captions: list[list[str]]
+    keys: list[list[str]]
+    metadata: list[list[Any]]  # parsed json (tars) or the row without its image (parquet), per sample
+    epochs: list[list[int]]  # the epoch each sample was read in (per rank; see stream.py)
+    stages: list[int]  # stage id of group i: range(K) when joint, [K - 1] for full-resolution batches
+    step: int  # the training step this batch was built for (its ratios are those in force then)
+    ratios: list[float]  # the stage ratios in force at `step`
+    pooled: bool  # True (pixel autoencoder): group i is at stage stages[i]'s side; False: full resolution
+    state: dict = field(default_factory=dict, repr=False)  # producing worker's resumable state (internal)
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.keys)
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples per group."""
+        return [len(k) for k in self.keys]
+
+    def all_keys(self) -> list[str]:
+        """Every key of the batch, group by group."""
+        return [k for group in self.keys for k in group]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StageBatch:
+        """Lightning moves batches with `.to`: images move, the rest stays on the host."""
+        return replace(self, images=[x.to(device, non_blocking=non_blocking) for x in self.images])
+
+    def pin_memory(self) -> StageBatch:
+        return replace(self, images=[x.pin_memory() for x in self.images])
+
+
+def stage_counts(batch_size: int, ratios: list[float]) -> list[int]:
+    """Largest-remainder split of `batch_size` by `ratios` (ties to the lower stage)."""
+    total = float(sum(ratios))
+    exact = [batch_size * r / total for r in ratios]
+    counts = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(ratios)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: batch_size - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How workers batch samples: size, stages, and whether to split by ratio and pool per stage."""
+
+    batch_size: int
+    num_stages: int
+    resolution: int
+    joint: bool = True  # split into stage groups (training); False: one full-resolution group
+    pooled: bool = True  # pixel autoencoder: each group gets its own level of the data pyramid
+    stage_ratios: tuple[float, ...] = (1.0, 1.0, 1.0)
+    ratio_schedule: tuple = ()  # RatioPhase entries (start_step, ratios)
+    batches_per_step: int = 1  # gradient accumulation: loader batches per optimizer step
+
+    @classmethod
+    def from_config(cls, cfg, joint: bool = True, batches_per_step: int = 1) -> BatchPlan:
+        return cls(
+            batch_size=cfg.data.batch_size,
+            num_stages=cfg.num_stages,
+            resolution=cfg.resolution,
+            joint=joint,
+            pooled=cfg.autoencoder.kind == "pixel",
+            stage_ratios=tuple(cfg.flow.stage_ratios),
+            ratio_schedule=tuple(cfg.flow.ratio_schedule),
+            batches_per_step=batches_per_step,
+        )
+
+    def ratios_at(self, step: int) -> list[float]:
+        return stage_ratios_at(step, self.stage_ratios, self.ratio_schedule)
+
+    def side(self, stage: int) -> int:
+        """Image side handed to `stage`'s group."""
+        if not (self.joint and self.pooled):
+            return self.resolution
+        return self.resolution // 2 ** (self.num_stages - 1 - stage)
+
+
+def make_batch(
+    samples: list[Sample], plan: BatchPlan, step: int, rng: random.Random, state: dict
+) -> StageBatch:
+    """Group `samples` by stage (joint) or keep them as one full-resolution group."""
+    last = plan.num_stages - 1
+    if plan.joint:
+        ratios = plan.ratios_at(step)
+        counts = stage_counts(len(samples), ratios)
+        order = list(range(len(samples)))
+        rng.shuffle(order)  # which sample trains which stage: a seeded draw, reproducible on resume
+        stages = list(range(plan.num_stages))
+    else:
+        ratios = [0.0] * last + [1.0]
+        counts, order, stages = [len(samples)], list(range(len(samples))), [last]
+    groups, captions, keys, metadata, epochs = [], [], [], [], []
+    start = 0
+    for stage, n in zip(stages, counts):
+        group = [samples[i] for i in order[start : start + n]]
+        start += n
+        side = plan.side(stage)
+        if group:
+            x = torch.stack([s.image for s in group])
+            if side != plan.resolution:
+                x = data_pyramid(x, plan.num_stages)[stage]
+        else:
+            x = torch.empty(0, 3, side, side)
+        groups.append(x)
+        captions.append([s.caption for s in group])
+        keys.append([s.key for s in group])
+        metadata.append([s.metadata for s in group])
+        epochs.append([s.epoch for s in group])
+    images = _one_storage(groups)
+    return StageBatch(
+        images, captions, keys, metadata, epochs, stages, step, list(ratios), plan.pooled, state
+    )
+
+
+def _one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of `tensors` as views of one buffer: a worker hands a batch to the main process through one
+    shared-memory segment instead of one per group (each segment costs about a millisecond)."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype)
+    views, start = [], 0
+    for t in tensors:
+        views.append(flat[start : start + t.numel()].view(t.shape).copy_(t))
+        start += t.numel()
+    return views

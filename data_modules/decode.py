@@ -1,0 +1,203 @@
+"""Record -> sample: image decoded to RGB, shorter side resized and cropped to a square, scaled to [-1, 1];
+caption and metadata extracted. A sample that cannot be used raises `Skip` with its reason; a sample that is
+kept after a repair (e.g. a caption that is not UTF-8) is counted in `repaired`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .records import Record
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+SKIP_REASONS = (
+    "bad_shard",  # a shard that cannot be opened (missing, empty, not a tar / parquet)
+    "truncated",  # the sample a shard was cut inside (every complete sample before it is kept)
+    "missing_image",  # no image member / empty image column
+    "empty_image",  # zero-byte image
+    "undecodable",  # the decoder failed
+    "too_small",  # shorter side < data.min_size
+    "too_large",  # more pixels than data.max_pixels (decompression bomb), rejected before decoding
+    "no_caption",  # no .txt, no json["caption"], no caption column (or only whitespace)
+)
+REPAIR_REASONS = (
+    "caption_not_utf8",  # kept, invalid bytes replaced by U+FFFD
+    "bad_json",  # kept, metadata {} (the caption then comes from .txt)
+)
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class Skip(Exception):
+    """A sample that is dropped; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What decoding needs from the config (`data.*` and the top resolution)."""
+
+    resolution: int
+    min_size: int = 0
+    max_pixels: int = 64_000_000
+    caption_column: str = "caption"
+    image_column: str = "image"
+
+
+@dataclass
+class Sample:
+    """A decoded sample: image (3, R, R) float32 in [-1, 1], caption, metadata as written, epoch read in."""
+
+    key: str
+    image: torch.Tensor
+    caption: str
+    metadata: Any
+    epoch: int = 0
+
+
+def open_image(data: bytes | None, max_pixels: int, min_size: int = 0) -> Image.Image:
+    """Open (header only) and check size limits before any pixel is decoded."""
+    if data is None:
+        raise Skip("missing_image")
+    if len(data) == 0:
+        raise Skip("empty_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise Skip("too_large", str(err)) from None
+    except Exception as err:  # noqa: BLE001 - crawled bytes break decoders in many ways; all mean "skip"
+        raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise Skip("too_large", f"{w}x{h} > {max_pixels} pixels")
+    if min(w, h) < max(min_size, 1):
+        raise Skip("too_small", f"{w}x{h} < {min_size}")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: transparency composited on white, 16-bit and float greys scaled to 8 bits."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        # PIL's own I;16 -> RGB conversion clips at 255 (a 16-bit image turns white); scale instead.
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max()) if arr.size else 0.0
+        if mode == "F" and peak <= 1.0:
+            arr = arr * 255.0
+        elif mode in _SIXTEEN_BIT or peak > 255.0:
+            arr = arr / 257.0
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def resize_crop(img: Image.Image, resolution: int, rng: random.Random | None = None) -> Image.Image:
+    """Shorter side to `resolution`, square crop (random with `rng`, else centred), in one resampling."""
+    w, h = img.size
+    side = min(w, h)
+    left = rng.randint(0, w - side) if rng else (w - side) // 2
+    top = rng.randint(0, h - side) if rng else (h - side) // 2
+    box = (left, top, left + side, top + side)
+    return img.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image -> (3, H, W) float32 in [-1, 1]."""
+    arr = torch.from_numpy(np.array(img, dtype=np.uint8))
+    return arr.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+
+
+def image_tensor(
+    data: bytes | None,
+    resolution: int,
+    rng: random.Random | None = None,
+    max_pixels: int = 64_000_000,
+    min_size: int = 0,
+) -> torch.Tensor:
+    """Bytes -> (3, R, R) in [-1, 1]; raises Skip."""
+    img = open_image(data, max_pixels, min_size)
+    try:
+        if img.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target (large speed-up).
+            scale = resolution / min(img.size)
+            img.draft(None, (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
+        img.load()
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation != 1:
+            from PIL import ImageOps
+
+            img = ImageOps.exif_transpose(img)
+        return to_tensor(resize_crop(to_rgb(img), resolution, rng))
+    except Skip:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated/corrupt pixel data surfaces only at load
+        raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
+
+
+def _text(raw: Any, repaired: Counter) -> str | None:
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            repaired["caption_not_utf8"] += 1
+            raw = bytes(raw).decode("utf-8", errors="replace")
+    if not isinstance(raw, str):
+        return None
+    return raw.strip() or None
+
+
+def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tuple[bytes | None, str, Any]:
+    """(image bytes, caption, metadata); the caption from .txt, else json["caption"], else the column."""
+    f = record.fields
+    if record.format == "parquet":
+        image = f.get(opts.image_column)
+        if isinstance(image, dict):  # the Hugging Face Image feature stores {"bytes", "path"}
+            image = image.get("bytes")
+        metadata = {k: v for k, v in f.items() if k != opts.image_column}
+        caption = _text(f.get(opts.caption_column), repaired)
+        if caption is None:
+            raise Skip("no_caption")
+        return image, caption, metadata
+    image = next((f[e] for e in IMAGE_EXTENSIONS if e in f), None)
+    metadata: Any = {}
+    if "json" in f:
+        try:
+            metadata = json.loads(f["json"])
+        except ValueError:  # also UnicodeDecodeError
+            repaired["bad_json"] += 1
+    caption = _text(f.get("txt"), repaired)
+    if caption is None and isinstance(metadata, dict):
+        caption = _text(metadata.get("caption"), repaired)
+    if caption is None:
+        raise Skip("no_caption")
+    return image, caption, metadata
+
+
+def decode_record(
+    record: Record, opts: DecodeOptions, repaired: Counter, rng: random.Random | None = None, epoch: int = 0
+) -> Sample:
+    """A usable sample, or Skip. `rng` draws the crop (training); None crops the centre (evaluation)."""
+    fixes: Counter = Counter()  # repairs count only for samples that are kept
+    image, caption, metadata = record_parts(record, opts, fixes)
+    pixels = image_tensor(image, opts.resolution, rng, opts.max_pixels, opts.min_size)
+    repaired.update(fixes)
+    return Sample(record.key, pixels, caption, metadata, epoch)

@@ -1,0 +1,100 @@
+"""Where samples come from: `data.shards` (paths, globs, brace ranges, directories or fsspec URLs) resolved to
+an ordered list of shards, each with its format.
+
+Resolution happens before any compute: a pattern that matches nothing is a `ConfigError` naming it, so the
+CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+from braceexpand import braceexpand
+from fsspec.core import url_to_fs
+
+from nami.config import ConfigError
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+FORMATS = ("webdataset", "parquet")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file: its URL (a plain path when local) and its format (`webdataset` or `parquet`)."""
+
+    url: str
+    format: str
+
+
+def shard_patterns(spec: Any) -> list[str]:
+    """`data.shards` as a list of patterns (a single string is one pattern)."""
+    if isinstance(spec, str):
+        spec = [spec]
+    if not isinstance(spec, (list, tuple)) or not all(isinstance(p, str) and p for p in spec):
+        raise ConfigError("data.shards", f"must be a path, glob or URL, or a list of them; got {spec!r}")
+    if not spec:
+        raise ConfigError(
+            "data.shards",
+            "is empty; write shards with `nami data synth --out DIR` and pass data.shards='DIR/*.tar'",
+        )
+    return list(spec)
+
+
+def detect_format(url: str, fmt: str = "auto") -> str:
+    """The shard's format: `fmt` when it is explicit, else from the file name."""
+    if fmt != "auto":
+        return fmt
+    name = url.lower().split("?", 1)[0]
+    if name.endswith(TAR_SUFFIXES):
+        return "webdataset"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise ConfigError("data.format", f"cannot tell the format of {url} from its name; set data.format")
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _expand(pattern: str, fmt: str) -> list[str]:
+    """Every file one pattern names, sorted; a directory stands for the shards directly inside it."""
+    fs, path = url_to_fs(pattern)
+    # detail=True: one listing gives the types, instead of one request per file on object stores
+    if _has_magic(path):
+        found = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
+    elif fs.isdir(path):
+        wanted = {"webdataset": TAR_SUFFIXES, "parquet": PARQUET_SUFFIXES}.get(
+            fmt, TAR_SUFFIXES + PARQUET_SUFFIXES
+        )
+        listing = fs.ls(path, detail=True)
+        found = sorted(
+            i["name"] for i in listing if i.get("type") == "file" and i["name"].lower().endswith(wanted)
+        )
+    else:
+        found = [path] if fs.isfile(path) else []
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return [p if local else fs.unstrip_protocol(p) for p in found]
+
+
+def resolve_shards(spec: Any, fmt: str = "auto") -> list[Shard]:
+    """Expand `data.shards` into shards, in pattern order then name order, without duplicates."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConfigError("data.format", f"unknown value {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
+    urls: list[str] = []
+    for pattern in shard_patterns(spec):
+        for one in braceexpand(pattern):  # img2dataset-style ranges: {00000..00099}.tar
+            found = _expand(one, fmt)
+            if not found:
+                raise ConfigError("data.shards", f"{one} matches no file")
+            urls.extend(found)
+    seen: set[str] = set()
+    unique = [u for u in urls if not (u in seen or seen.add(u))]
+    return [Shard(u, detect_format(u, fmt)) for u in unique]
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """A seekable binary file object for a local path or fsspec URL (the caller closes it)."""
+    return fsspec.open(url, "rb").open()

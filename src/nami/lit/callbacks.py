@@ -1,0 +1,110 @@
+"""Small single-purpose callbacks of the training run (in the spirit of mosaicml/diffusion's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ThroughputMonitor
+from safetensors.torch import save_file
+from torchvision.utils import make_grid, save_image
+
+from ..perf import image_tokens
+from .precision import autocast_dtype
+
+
+def throughput_monitor(cfg) -> ThroughputMonitor:
+    """Lightning's monitor: samples/s, image tokens/s ('items') and, on known GPUs, MFU (module.flops_per_batch)."""
+
+    def tokens(batch) -> int:
+        return sum(len(keys) * image_tokens(cfg, k) for keys, k in zip(batch.keys, batch.stages))
+
+    # rates are averaged over a window of batches; values appear once the window is full
+    window = max(2, min(20, cfg.trainer.log_every_n_steps))
+    return ThroughputMonitor(batch_size_fn=len, length_fn=tokens, window_size=window)
+
+
+class SampleGrid(L.Callback):
+    """Every `every` steps (and at the end): sample the fixed prompts with EMA weights; log and save a grid.
+
+    Row i is prompt i; its columns are each stage's end point upsampled to full size, the last one being
+    the final image. Runs on every rank (sharded models need all ranks for a forward); rank 0 writes.
+    """
+
+    def __init__(self, cfg, out_dir: Path):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self.cfg.log.sample_every
+        if every > 0 and trainer.global_step % every == 0 and trainer.global_step > 0:
+            self.sample(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.sample(trainer, pl_module)
+
+    @torch.no_grad()
+    def sample(self, trainer, pl_module) -> None:
+        cfg = self.cfg
+        was_training = pl_module.training
+        pl_module.eval()
+        result = pl_module.pipeline(use_ema=True).sample(
+            cfg.log.sample_prompts, cfg.sampler.steps, cfg.sampler.cfg, seed=cfg.log.sample_seed, keep_stages=True,
+            dtype=autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator),
+        )
+        pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
+        columns = torch.stack(result.stage_ends, dim=1)  # (prompts, stages, C, H, W)
+        grid = make_grid(columns.flatten(0, 1).float().cpu(), nrow=columns.shape[1], normalize=True,
+                         value_range=(-1, 1))  # fmt: skip
+        grid = F.interpolate(grid[None], scale_factor=max(1, 256 // cfg.resolution), mode="nearest")[0]
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            if hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image("samples/stages", grid, step)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_image(grid, self.out_dir / f"step{step:08d}.png")
+
+
+class SkipCounts(L.Callback):
+    """Log the data module's skipped-sample counts by reason (cumulative, summed over ranks) at log steps."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % trainer.log_every_n_steps:
+            return
+        counts = getattr(trainer.datamodule, "skip_counts", lambda: {})()
+        for reason, count in counts.items():
+            # every rank reports every reason (zeros included), so the all-reduce cannot hang
+            pl_module.log(f"data/skipped_{reason}", float(count), reduce_fx="sum", sync_dist=True)
+
+
+class KeysRecorder(L.Callback):
+    """Append each step's sample keys to keys-rank<r>.jsonl (which data every step saw; resume audits)."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"step": trainer.global_step, "keys": batch.all_keys()})
+        with open(self.out_dir / f"keys-rank{trainer.global_rank}.jsonl", "a") as handle:
+            handle.write(line + "\n")
+
+
+class ExportWeights(L.Callback):
+    """At the end of training: EMA weights to weights.safetensors (gathered from shards), on rank 0."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        tensors = {}
+        for name, p in pl_module.ema.state_dict().items():  # every rank joins the gathers
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            tensors[name] = full.detach().float().cpu().contiguous()
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(self.path), metadata={"format": "nami-weights", "step": str(trainer.global_step)})

@@ -1,0 +1,94 @@
+"""Prompts -> images with the progressive sampler: the one sampling path of training callbacks, `nami sample`,
+the inference module, benchmarks and notebooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..bridges import BridgeFlow
+from ..flow import PyramidSchedule, SampleTrace, guided, initial_noise, progressive_sample, up
+from ..models import Autoencoder, NestedMMDiT, TextEmbedding, TextEncoder
+
+MODES = ("progressive", "no_nesting", "uniform")
+
+
+@dataclass
+class SampleResult:
+    """Decoded images in [-1, 1] and, when asked, each stage's start and end (decoded, upsampled to full size)."""
+
+    images: torch.Tensor
+    stage_starts: list[torch.Tensor] = field(default_factory=list)
+    stage_ends: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Pipeline:
+    """The parts sampling needs; `mode` picks progressive, progressive without nesting, or uniform."""
+
+    model: NestedMMDiT
+    text_encoder: TextEncoder
+    autoencoder: Autoencoder
+    bridge: BridgeFlow | None
+    schedule: PyramidSchedule
+    latent_size: int  # full-stage latent side
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_prompts(self, prompts: list[str]) -> TextEmbedding:
+        """Conditional embeddings followed by as many empty-prompt (unconditional) ones."""
+        return self.text_encoder(list(prompts) + [""] * len(prompts)).to(self.device)
+
+    def velocity(self, text: TextEmbedding, mode: str):
+        """Batched (conditional; unconditional) velocity for the sampler."""
+        depth = None if mode == "progressive" else self.model.num_blocks
+
+        def batched(z2, t2, k):
+            return self.model(z2, t2, text.states, text.mask, text.pooled, stage=k, depth=depth).float()
+
+        return batched
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        steps: list[int],
+        cfg_scale: float,
+        seed: int = 0,
+        mode: str = "progressive",
+        keep_stages: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> SampleResult:
+        """Sample one image per prompt. Uniform mode: one stage over [1000, 0], every block, steps[0] steps."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps) if mode == "uniform" else self.schedule
+        generator = torch.Generator().manual_seed(seed)
+        c = self.autoencoder.channels
+        shape = (len(prompts), c, self.latent_size, self.latent_size)
+        noise = initial_noise(shape, schedule.num_stages, generator).to(self.device)
+        text = self.encode_prompts(prompts)
+        velocity = guided(self.velocity(text, mode), cfg_scale)
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        with autocast:
+            trace: SampleTrace = progressive_sample(
+                velocity, noise, schedule, steps, self.bridge, generator=generator, keep_stages=keep_stages
+            )
+        result = SampleResult(self.decode(trace.final))
+        if keep_stages:
+            result.stage_starts = [self.decode(_to_full(z, self.latent_size)) for z in trace.stage_starts]
+            result.stage_ends = [self.decode(_to_full(z, self.latent_size)) for z in trace.stage_ends]
+        return result
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latents.float()).clamp(-1, 1)
+
+
+def _to_full(z: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-upsample a stage latent to the full latent side (for side-by-side stage views)."""
+    while z.shape[-1] < size:
+        z = up(z)
+    return z

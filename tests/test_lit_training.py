@@ -1,0 +1,119 @@
+"""BridgeFlow pretraining and joint flow training on the tiny config, in process (single CPU device)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nami.config import ConfigError, load
+from nami.lit import JointFlowModule, NonFiniteError
+from nami.lit.runner import pretrain_bridges, train
+
+from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command, tensorboard_image_tags, tensorboard_scalars
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from data_modules.synth import write_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes(root, num=240, shards=4, resolution=32, seed=0)
+    return root
+
+
+def tiny(root, shapes, *overrides):
+    return load(EXPERIMENTS / "tiny.yaml", [
+        *LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=1",
+        f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "log.sample_every=0",
+        "log.sample_prompts=[a red circle,two blue squares]", "sampler.steps=[2,2,2]", "bridge.fit_batches=10",
+        "bridge.heldout_batches=4", "optim.warmup_steps=2", *overrides,
+    ])  # fmt: skip
+
+
+def test_pretrain_bridge_beats_identity_on_heldout(tmp_path, shapes):
+    cfg = tiny(tmp_path, shapes)
+    start = time.perf_counter()
+    report = pretrain_bridges(cfg)
+    elapsed = time.perf_counter() - start
+    run = tmp_path / "tiny"
+    assert (run / "bridges.safetensors").is_file()
+    assert json.loads((run / "bridge_report.json").read_text()) == report
+    mse = report["heldout_mse"]
+    for transition in ("transition_1", "transition_2"):
+        assert mse["conv1x1"][transition] < mse["identity"][transition], mse
+    assert elapsed < 60, f"bridge pretraining took {elapsed:.1f}s"
+
+
+def test_train_writes_checkpoints_tensorboard_and_weights(tmp_path, shapes):
+    cfg = tiny(tmp_path, shapes, "trainer.max_steps=3", "trainer.checkpoint_every=2", "trainer.log_every_n_steps=1")
+    pretrain_bridges(cfg)
+    run = train(cfg)
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step00000002.ckpt", "step00000003.ckpt"]
+    state = torch.load(run / "checkpoints" / "step00000003.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 3 and any(k.startswith("ema.model.") for k in state["state_dict"])
+    scalars = tensorboard_scalars(run / "tb")
+    for tag in ("train/loss", "train/loss_stage0", "train/loss_stage1", "train/loss_stage2", "train/lr"):
+        assert len(scalars[tag]) == 3, (tag, scalars.get(tag))
+    # Lightning's ThroughputMonitor: samples/s and image tokens/s ("items"), FLOP/s from the cost model
+    for tag in ("train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec"):
+        assert tag in scalars, sorted(scalars)
+    assert "samples/stages" in tensorboard_image_tags(run / "tb")
+    weights = load_file(run / "weights.safetensors")
+    assert any(k.startswith("model.double_blocks.0.") for k in weights)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert (run / "samples" / "step00000003.png").is_file()
+
+
+def test_learnable_bridge_without_weights_names_the_key(tmp_path, shapes):
+    with pytest.raises(ConfigError) as err:
+        train(tiny(tmp_path, shapes, "trainer.max_steps=1"))
+    assert err.value.key == "bridge.weights" and "nami pretrain-bridge" in err.value.message
+
+
+class NaNAtStep2(JointFlowModule):
+    """Injects a non-finite loss into stage 1 of the first batch at step 2."""
+
+    injected = False
+
+    def stage_losses(self, batch):
+        out = super().stage_losses(batch)
+        if self.global_step == 2 and not self.injected:
+            self.injected = True
+            out = [(k, n, loss * float("nan") if k == 1 else loss) for k, n, loss in out]
+        return out
+
+
+def test_nonfinite_loss_stops_naming_step_and_stage(tmp_path, shapes):
+    cfg = tiny(tmp_path, shapes, "bridge.kind=identity", "trainer.max_steps=4", "trainer.checkpoint_every=1")
+    with pytest.raises(NonFiniteError, match="non-finite loss in stage 1 at step 2"):
+        train(cfg, module_cls=NaNAtStep2)
+    ckpts = sorted((tmp_path / "tiny" / "checkpoints").glob("step*.ckpt"))
+    assert [p.name for p in ckpts] == ["step00000001.ckpt", "step00000002.ckpt"]
+    state = torch.load(ckpts[-1], weights_only=True, map_location="cpu")
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+
+
+def test_nonfinite_loss_skips_when_configured(tmp_path, shapes):
+    cfg = tiny(tmp_path, shapes, "bridge.kind=identity", "trainer.max_steps=3", "trainer.checkpoint_every=10",
+               "trainer.skip_nonfinite=true", "trainer.log_every_n_steps=1")  # fmt: skip
+    run = train(cfg, module_cls=NaNAtStep2)
+    state = torch.load(run / "checkpoints" / "step00000003.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 3  # the skipped batch did not count as a step
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+    assert sum(tensorboard_scalars(run / "tb")["train/skipped_nonfinite"].values()) >= 1
+
+
+def test_train_2b_without_cuda_exits_2_with_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run(nami_command("train", EXPERIMENTS / "nami_2b.yaml"), capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trainer.accelerator" in lines[0] and "CUDA" in lines[0], result.stderr

@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DATA_DIR ?= data/geneval_shapes
 DATA_NUM ?= 20000
 
-.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b lock clean
+.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b notebooks lock clean
 
 setup: $(VENV)/.installed $(VENV)/.editable
 
@@ -27,9 +27,8 @@ $(VENV)/.editable: $(VENV)/.installed pyproject.toml $(wildcard src/nami/*/__ini
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-demo: setup  ## the main job (grows into the full tiny run as the data/training/sampling issues land)
-	$(BIN)/nami info experiments/tiny.yaml
-	$(BIN)/nami info experiments/nami_2b.yaml
+demo: setup  ## the main job: data, bridges, 10 minutes of tiny training, samples, eval, speed (ARGS="key=value")
+	$(BIN)/python scripts/demo.py --data-dir $(DATA_DIR) --samples $(DATA_NUM) $(ARGS)
 
 test: setup  ## the whole suite (the README's test command; CI runs it)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
@@ -51,6 +50,13 @@ train: setup data  ## joint flow training of CONFIG (default tiny); ARGS="traine
 
 train-2b: setup  ## NAMI-2B on a GPU node (FSDP2, bf16); exits 2 at once without CUDA
 	$(BIN)/nami train experiments/nami_2b.yaml $(ARGS)
+
+NB_OUT ?= runs/notebooks
+notebooks: setup  ## execute every notebook against runs/tiny (NAMI_CONFIG / NAMI_RUN / NAMI_OVERRIDES); copies with figures in NB_OUT
+	mkdir -p $(NB_OUT)
+	for nb in notebooks/*.ipynb; do \
+	  $(BIN)/jupyter execute --kernel_name=python3 --timeout=600 $$nb --output=$(abspath $(NB_OUT))/$$(basename $$nb) || exit 1; \
+	done
 
 info: setup  ## parameters, tokens, FLOPs and predicted speed of CONFIG
 	$(BIN)/nami info $(CONFIG) $(ARGS)

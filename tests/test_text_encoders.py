@@ -58,3 +58,15 @@ def test_hf_encoder_with_separate_pooled_tower(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_text_encoder(TextEncoderConfig(kind="hf", path=str(tmp_path / "nothing"), dim=32, pooled_dim=32))
     assert err.value.key == "text_encoder.path"
+
+
+def test_caption_cache_returns_what_the_encoder_returns():
+    enc = build_text_encoder(TextEncoderConfig(kind="minilm", dim=384, pooled_dim=384, max_length=12, cache_size=3))
+    prompts = ["a red circle", "two squares", "a red circle", "", "a blue triangle"]
+    cached = enc(prompts)  # 4 distinct captions through a cache of 3
+    direct = enc.encode(prompts)
+    for field in ("states", "mask", "pooled"):
+        assert torch.allclose(getattr(cached, field).float(), getattr(direct, field).float(), atol=1e-5), field
+    assert len(enc._cache) == 3 and "two squares" not in enc._cache  # the least recently used went first
+    again = enc(["a blue triangle", "two squares"])
+    assert torch.allclose(again.states, direct.states[[4, 1]], atol=1e-5)

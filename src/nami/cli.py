@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load
 from .errors import RunStopped
@@ -87,11 +88,84 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Progressive sampling from trained weights; --stages also writes every stage side by side."""
+    from .lit.images import write_samples
+    from .lit.inference import ProgressiveInferenceModule, predict
+    from .lit.runner import run_dir
+
+    overrides = list(args.overrides)
+    if args.steps:
+        overrides.append(f"sampler.steps=[{args.steps}]")
+    if args.cfg is not None:
+        overrides.append(f"sampler.cfg={args.cfg}")
+    cfg = load(args.config, overrides)
+    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt, keep_stages=args.stages)
+    result = predict(module, args.prompt, seed=args.seed, batch_size=args.batch_size)
+    out = Path(args.out) if args.out else run_dir(cfg) / "samples" / "cli"
+    for path in write_samples(result, args.prompt, out, stages=args.stages):
+        print(path)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """GenEval-Shapes score per category over a fixed seeded prompt set (+ FID / CLIPScore with weights)."""
+    from .lit.evaluation import evaluate_module, format_eval
+    from .lit.inference import ProgressiveInferenceModule
+
+    cfg = load(args.config, args.overrides)
+    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt)
+    report = evaluate_module(module, args.num)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "results" or args.per_image}))
+    else:
+        print(format_eval(report))
+    return 0
+
+
 def _add_training_commands(sub) -> None:
     for name, func in (("pretrain-bridge", cmd_pretrain_bridge), ("train", cmd_train)):
         parser = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         _add_config_args(parser, json_flag=False)
         parser.set_defaults(func=func)
+    sample = sub.add_parser("sample", help=cmd_sample.__doc__.splitlines()[0])
+    _add_config_args(sample, json_flag=False)
+    sample.add_argument("--ckpt", required=True, help="weights.safetensors, a .ckpt, or a run directory")
+    sample.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    sample.add_argument("--out", help="output directory (default runs/<name>/samples/cli)")
+    sample.add_argument("--steps", help="per-stage Euler steps, e.g. 10,10,10 (sets sampler.steps)")
+    sample.add_argument("--cfg", type=float, help="classifier-free guidance scale (sets sampler.cfg)")
+    sample.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    sample.add_argument("--stages", action="store_true", help="also write each stage's start and end")
+    sample.add_argument("--batch-size", type=_positive_int, default=16)
+    sample.set_defaults(func=cmd_sample)
+    evaluate = sub.add_parser("eval", help=cmd_eval.__doc__.splitlines()[0])
+    _add_config_args(evaluate)
+    evaluate.add_argument("--ckpt", required=True, help="weights.safetensors, a .ckpt, or a run directory")
+    evaluate.add_argument("--num", type=_positive_int, help="prompts per category (default eval.per_category)")
+    evaluate.add_argument("--per-image", action="store_true", help="with --json: include every image's result")
+    evaluate.set_defaults(func=cmd_eval)
+
+
+def cmd_bench_sampling(args: argparse.Namespace) -> int:
+    """Uniform vs progressive vs no-nesting sampling time, bridge vs renoise transitions, vs the FLOP model."""
+    from .lit.inference import ProgressiveInferenceModule
+    from .perf.bench import bench_sampling, format_sampling
+
+    cfg = load(args.config, args.overrides)
+    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt) if args.ckpt else None
+    report = bench_sampling(cfg, module, batch=args.batch, repeats=args.repeats)
+    print(json.dumps(report) if args.json else format_sampling(report))
+    return 0
+
+
+def cmd_bench_training(args: argparse.Namespace) -> int:
+    """Joint multi-resolution training step vs full-resolution-only step, vs the FLOP model."""
+    from .perf.bench import bench_training, format_training
+
+    report = bench_training(load(args.config, args.overrides), repeats=args.repeats)
+    print(json.dumps(report) if args.json else format_training(report))
+    return 0
 
 
 def _add_data_commands(sub) -> None:
@@ -127,6 +201,16 @@ def _add_bench_commands(sub):
     _add_config_args(data)
     data.add_argument("--samples", type=_positive_int, default=2000, help="samples timed per loop")
     data.set_defaults(func=cmd_bench_data)
+    sampling = group.add_parser("sampling", help=cmd_bench_sampling.__doc__.splitlines()[0])
+    _add_config_args(sampling)
+    sampling.add_argument("--ckpt", help="trained weights (timing does not depend on them; default: random init)")
+    sampling.add_argument("--batch", type=_positive_int, default=8, help="images per sampling call")
+    sampling.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (median)")
+    sampling.set_defaults(func=cmd_bench_sampling)
+    training = group.add_parser("training", help=cmd_bench_training.__doc__.splitlines()[0])
+    _add_config_args(training)
+    training.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (median)")
+    training.set_defaults(func=cmd_bench_training)
     return group
 
 

@@ -40,6 +40,7 @@ class ModelConfig:
     stage_depths: list[int] = field(default_factory=lambda: [2, 4, 6])
     rope_theta: float = 10000.0
     qk_norm: bool = True
+    nesting: bool = True  # False: every stage runs every block (the no-nesting ablation)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TextEncoderConfig:
     path: str | None = None  # hf: token-state encoder (T5 / mT5 / BERT / CLIP), local path or hub id
     pooled_path: str | None = None  # hf: separate pooled encoder (CLIP); None pools the states encoder
     dtype: str = "float32"  # dtype the frozen encoders run in (bfloat16 for big ones)
+    cache_size: int = 0  # frozen encoders: keep the embeddings of this many recent captions (0: off)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class SamplerConfig:
     steps: list[int] = field(default_factory=lambda: [10, 10, 10])
     uniform_steps: int = 30  # the single-stage baseline the speed ratio is measured against
     cfg: float = 4.0
+    mode: str = "progressive"  # progressive | no_nesting | uniform (one stage over [1000, 0], all blocks)
 
 
 @dataclass
@@ -147,6 +150,7 @@ class OptimConfig:
 class TrainerConfig:
     default_root_dir: str = "runs"
     max_steps: int = 1000
+    max_time: str | None = None  # also stop after this wall time, "DD:HH:MM:SS" (e.g. the demo's budget)
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -174,6 +178,17 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`nami eval`: the GenEval-Shapes prompt set, and local weights for FID / CLIPScore (skipped when None)."""
+
+    per_category: int = 50  # prompts per GenEval category (six categories)
+    seed: int = 1000  # prompt-set seed, apart from the training data's default 0
+    batch_size: int = 32  # images per sampling / feature batch
+    fid_weights: str | None = None  # InceptionV3 (torchvision layout) or timm weights file, see nami.eval.metrics
+    clip_path: str | None = None  # local CLIPModel + CLIPProcessor directory
+
+
+@dataclass
 class NamiConfig:
     """The whole experiment. `resolution` is the full-stage image size in pixels."""
 
@@ -190,6 +205,7 @@ class NamiConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def num_stages(self) -> int:
@@ -214,6 +230,7 @@ BRIDGE_SOLVERS = ("closed_form", "sgd")
 TIMESTEP_DENSITIES = ("logit_normal", "uniform")
 DATA_FORMATS = ("auto", "webdataset", "parquet")
 STRATEGIES = ("auto", "ddp", "fsdp")
+SAMPLER_MODES = ("progressive", "no_nesting", "uniform")
 
 
 def _read_yaml(path: Path, key: str) -> dict[str, Any]:
@@ -359,6 +376,7 @@ def validate(cfg: NamiConfig) -> None:
         raise ConfigError("sampler.steps", f"needs one positive step count per stage ({k}), got {s.steps}")
     if s.uniform_steps < 1:
         raise ConfigError("sampler.uniform_steps", f"must be >= 1, got {s.uniform_steps}")
+    _check_choice("sampler.mode", s.mode, SAMPLER_MODES)
 
     _check_data(cfg.data)
     _check_choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)

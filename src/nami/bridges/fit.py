@@ -59,11 +59,12 @@ def fit_sgd(bridge: BridgeFlow, pairs: Iterator[Pair], steps: int, lr: float = 1
 
 
 @torch.no_grad()
-def bridge_mse(bridge: BridgeFlow, pairs: Iterable[Pair]) -> dict[int, float]:
-    """Mean squared error per transition over `pairs` (element-weighted)."""
+def bridge_mse(bridge: BridgeFlow, pairs: Iterable[Pair], generator: torch.Generator | None = None) -> dict[int, float]:
+    """Mean squared error per transition over `pairs` (element-weighted); `generator` seeds renoise's noise."""
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
     for u, y, k in pairs:
-        sums[k] = sums.get(k, 0.0) + F.mse_loss(bridge(u, k).float(), y.float(), reduction="sum").item()
+        out = bridge(u, k, generator=generator).float()
+        sums[k] = sums.get(k, 0.0) + F.mse_loss(out, y.float(), reduction="sum").item()
         counts[k] = counts.get(k, 0) + y.numel()
     return {k: sums[k] / counts[k] for k in sorted(sums)}

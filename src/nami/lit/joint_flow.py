@@ -144,11 +144,15 @@ class JointFlowModule(L.LightningModule):
         self.log("train/grad_norm", norm)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        """EMA update after every optimizer step taken: ema <- decay ema + (1 - decay) theta."""
+        """EMA update after every optimizer step taken: ema <- decay ema + (1 - decay) theta.
+
+        The decay warms up as min(ema_decay, (1 + step) / (10 + step)), so short runs are not dominated by
+        the initial weights (whose zero head predicts no velocity at all).
+        """
         if self.global_step <= self._ema_step:  # skipped step (non-finite) or gradient accumulation
             return
-        self._ema_step = self.global_step
-        decay = self.cfg.optim.ema_decay
+        self._ema_step = step = self.global_step
+        decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             ema = list(self.ema.parameters())
             torch._foreach_lerp_(ema, list(self.trainable().parameters()), 1.0 - decay)

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..bridges import BridgeFlow
+from ..config import SAMPLER_MODES
 from ..flow import PyramidSchedule, SampleTrace, guided, initial_noise, progressive_sample, up
 from ..models import Autoencoder, NestedMMDiT, TextEmbedding, TextEncoder
-
-MODES = ("progressive", "no_nesting", "uniform")
 
 
 @dataclass
@@ -44,12 +43,18 @@ class Pipeline:
 
     def velocity(self, text: TextEmbedding, mode: str):
         """Batched (conditional; unconditional) velocity for the sampler."""
-        depth = None if mode == "progressive" else self.model.num_blocks
+        depth = None if mode == "progressive" else self.model.num_blocks  # None: the model's own nesting
 
         def batched(z2, t2, k):
             return self.model(z2, t2, text.states, text.mask, text.pooled, stage=k, depth=depth).float()
 
         return batched
+
+    def initial_noise(self, seeds: list[int], num_stages: int) -> torch.Tensor:
+        """Stage-0 noise, one generator per image: an image depends on its seed, not on its batch."""
+        shape = (1, self.autoencoder.channels, self.latent_size, self.latent_size)
+        noise = [initial_noise(shape, num_stages, torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.cat(noise).to(self.device)
 
     @torch.no_grad()
     def sample(
@@ -57,19 +62,19 @@ class Pipeline:
         prompts: list[str],
         steps: list[int],
         cfg_scale: float,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         mode: str = "progressive",
         keep_stages: bool = False,
         dtype: torch.dtype | None = None,
     ) -> SampleResult:
-        """Sample one image per prompt. Uniform mode: one stage over [1000, 0], every block, steps[0] steps."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        """One image per prompt (seed i = seed + i, or the given list). Uniform mode: one stage over
+        [1000, 0] with every block and steps[0] steps; no_nesting: every block in every stage."""
+        if mode not in SAMPLER_MODES:
+            raise ValueError(f"mode must be one of {SAMPLER_MODES}, got {mode!r}")
         schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps) if mode == "uniform" else self.schedule
-        generator = torch.Generator().manual_seed(seed)
-        c = self.autoencoder.channels
-        shape = (len(prompts), c, self.latent_size, self.latent_size)
-        noise = initial_noise(shape, schedule.num_stages, generator).to(self.device)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
+        noise = self.initial_noise(seeds, schedule.num_stages)
+        generator = torch.Generator().manual_seed(seeds[0])  # stochastic bridges (renoise)
         text = self.encode_prompts(prompts)
         velocity = guided(self.velocity(text, mode), cfg_scale)
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)

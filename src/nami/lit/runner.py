@@ -144,7 +144,8 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
                  FinalCheckpoint(out / "checkpoints"), ExportWeights(out / "weights.safetensors")]  # fmt: skip
     if cfg.log.record_keys:
         callbacks.append(KeysRecorder(out))
-    trainer = _trainer(cfg, logger, callbacks, find_unused=stage_can_be_empty(cfg), max_steps=cfg.trainer.max_steps)
+    trainer = _trainer(cfg, logger, callbacks, find_unused=stage_can_be_empty(cfg), max_steps=cfg.trainer.max_steps,
+                       max_time=cfg.trainer.max_time)  # fmt: skip
     logger.log_hyperparams(to_dict(cfg))
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero and isinstance(bridge, BridgeFlow) and bridge.learnable:

@@ -24,6 +24,7 @@ def build_model(cfg: NamiConfig) -> NestedMMDiT:
         mlp_ratio=m.mlp_ratio,
         rope_theta=m.rope_theta,
         qk_norm=m.qk_norm,
+        nesting=m.nesting,
     )
 
 

@@ -141,6 +141,7 @@ class NestedMMDiT(nn.Module):
         mlp_ratio: float = 4.0,
         rope_theta: float = 10000.0,
         qk_norm: bool = True,
+        nesting: bool = True,
     ):
         super().__init__()
         if stage_depths[-1] != double_blocks + single_blocks:
@@ -148,6 +149,7 @@ class NestedMMDiT(nn.Module):
         self.in_channels, self.patch_size = in_channels, patch_size
         self.width, self.heads = width, heads
         self.stage_depths = list(stage_depths)
+        self.nesting = nesting  # False: every stage runs every block (the no-nesting ablation)
         self.rope_theta = rope_theta
         self.img_in = nn.Linear(in_channels * patch_size**2, width)
         self.txt_in = nn.Linear(text_dim, width)
@@ -201,8 +203,8 @@ class NestedMMDiT(nn.Module):
         return x.reshape(tokens.shape[0], c, h * p, w * p)
 
     def depth_for(self, stage: int | None) -> int:
-        """Blocks stage k runs; None means all (the uniform model)."""
-        return self.num_blocks if stage is None else self.stage_depths[stage]
+        """Blocks stage k runs; None (the uniform model) or nesting off means all."""
+        return self.num_blocks if stage is None or not self.nesting else self.stage_depths[stage]
 
     def forward(
         self,

@@ -42,7 +42,8 @@ def forward_cost(cfg: NamiConfig, stage: int, depth: int | None = None) -> Forwa
     patch_dim = cfg.autoencoder.channels * m.patch_size**2
     n_img, n_txt = image_tokens(cfg, stage), cfg.text_encoder.max_length
     n = n_img + n_txt
-    depth = m.stage_depths[stage] if depth is None else depth
+    if depth is None:
+        depth = m.stage_depths[stage] if m.nesting else m.double_blocks + m.single_blocks
     n_double = min(depth, m.double_blocks)
     n_single = depth - n_double
 

@@ -1,0 +1,106 @@
+"""GenEval-Shapes scoring: a fixed seeded prompt set, one image checked against its spec, six category scores.
+
+The check follows GenEval's `evaluate_image`: every `include` entry needs at least `count` detected objects of
+its shape (of its colour when `color` is set); `position` [relation, j] must hold between this entry's objects
+and entry j's; every `exclude` entry needs fewer than `count` objects of its shape (so counting asks for
+exactly N). GenEval keeps a detector's top-`count` boxes by confidence; here the largest by area stand in for
+them. Extra objects are allowed unless an `exclude` entry forbids them, as in GenEval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from data_modules.shapes import CATEGORIES, make_spec, relation_holds
+
+from .detection import detect
+
+
+def prompt_set(per_category: int, seed: int = 1000, resolution: int = 32) -> list[dict[str, Any]]:
+    """`per_category` specs of each category in generation order; seed 1000 stays apart from training's 0."""
+    if per_category < 1:
+        raise ValueError(f"per_category must be >= 1, got {per_category}")
+    quota = dict.fromkeys(CATEGORIES, per_category)
+    specs, index = [], 0
+    while any(quota.values()):  # make_spec cycles through the categories; the loop does not rely on it
+        spec = make_spec(index, seed, resolution)
+        if quota[spec["category"]]:
+            quota[spec["category"]] -= 1
+            specs.append(spec)
+        index += 1
+    return specs
+
+
+def _name(req: dict[str, Any]) -> str:
+    return f"{req['color']} {req['shape']}" if req.get("color") else req["shape"]
+
+
+def _describe(objects: Iterable[dict[str, Any]]) -> str:
+    names = [f"{o['color']} {o['shape']}" for o in objects]
+    return ", ".join(names) if names else "nothing"
+
+
+def _match(
+    req: dict[str, Any], detections: list[dict[str, Any]], groups: list, include: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]] | None, str]:
+    """The objects satisfying one include entry (its `count` largest), or None and why not."""
+    shape, count, color, name = req["shape"], req["count"], req.get("color"), _name(req)
+    found = [d for d in detections if d["shape"] == shape and (color is None or d["color"] == color)]
+    found = sorted(found, key=lambda d: -d["area"])[:count]
+    if len(found) < count:
+        return None, f"expected >= {count} {name}, found {len(found)} (detected: {_describe(detections)})"
+    if req.get("position"):
+        relation, j = req["position"]
+        targets, target = groups[j], _name(include[j])
+        if targets is None:
+            return None, f"no {target} for the {name} to be {relation}"
+        if not all(relation_holds(d["bbox"], t["bbox"], relation) for d in found for t in targets):
+            return None, f"expected {name} {relation} {target}, boxes {found[0]['bbox']} vs {targets[0]['bbox']}"
+    return found, ""
+
+
+def score_detections(detections: list[dict[str, Any]], spec: dict[str, Any]) -> tuple[bool, str]:
+    """(correct, reason) of detected objects against a spec's include / exclude; reason is '' when correct."""
+    reasons, groups = [], []  # groups: the objects that satisfied each include entry so far
+    for req in spec["include"]:
+        found, reason = _match(req, detections, groups, spec["include"])
+        groups.append(found)
+        reasons += [reason] if reason else []
+    for req in spec.get("exclude", []):
+        n = sum(d["shape"] == req["shape"] for d in detections)
+        if n >= req["count"]:
+            reasons.append(f"expected fewer than {req['count']} {req['shape']}, found {n}")
+    return not reasons, "; ".join(reasons)
+
+
+def score_image(image: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Detect and score one image: {category, caption, correct, reason, detections}."""
+    detections = detect(image)
+    correct, reason = score_detections(detections, spec)
+    return {
+        "category": spec["category"],
+        "caption": spec["caption"],
+        "correct": correct,
+        "reason": reason,
+        "detections": detections,
+    }
+
+
+def evaluate(images: Iterable[Any], specs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Score images against specs: accuracy per category, `overall` (mean of categories), counts, results.
+
+    Images are anything `detect` takes (PIL, (H, W, 3) uint8 arrays, (3, H, W) tensors in [-1, 1]); a batched
+    (N, 3, H, W) tensor iterates as such. A category without images scores None and stays out of `overall`.
+    """
+    results = []
+    for index, (image, spec) in enumerate(zip(images, specs, strict=True)):
+        results.append({"index": index, **score_image(image, spec)})
+    counts = {c: {"correct": 0, "total": 0} for c in CATEGORIES}
+    for r in results:
+        counts[r["category"]]["total"] += 1
+        counts[r["category"]]["correct"] += int(r["correct"])
+    scores: dict[str, Any] = {c: n["correct"] / n["total"] if n["total"] else None for c, n in counts.items()}
+    present = [s for s in scores.values() if s is not None]
+    scores["overall"] = sum(present) / len(present) if present else None
+    return {**scores, "counts": counts, "results": results}

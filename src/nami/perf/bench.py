@@ -1,0 +1,167 @@
+"""`nami bench sampling|training`: measured times and ratios, each beside the FLOP model's prediction.
+
+Every variant runs in the same process on the same weights and the same batch, interleaved over repeats
+(median taken), so machine noise hits all of them alike. Sampling times cover the denoising loop and the
+bridges (what the FLOP model predicts); text encoding and decoding are timed separately.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from ..config import NamiConfig
+from ..flow import guided, progressive_sample, up
+from ..lit.inference import ProgressiveInferenceModule
+from ..lit.joint_flow import JointFlowModule
+from ..lit.precision import autocast_dtype
+from .cost import forward_cost, predicted_ratio
+
+
+def _median_times(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time per variant: one warm-up each, then `repeats` interleaved rounds."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@torch.no_grad()
+def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = None, batch: int = 8,
+                   repeats: int = 3) -> dict:  # fmt: skip
+    """Uniform (all blocks, full resolution), progressive and progressive-without-nesting sampling."""
+    module = module or ProgressiveInferenceModule(cfg)
+    pipe = module.pipeline()
+    s = cfg.sampler
+    prompts = [cfg.log.sample_prompts[i % len(cfg.log.sample_prompts)] for i in range(batch)]
+    dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
+    start = time.perf_counter()
+    text = pipe.encode_prompts(prompts)
+    encode_s = time.perf_counter() - start
+    seeds = list(range(batch))
+    uniform_schedule = type(pipe.schedule).uniform(pipe.schedule.num_train_timesteps)
+    noise = {k: pipe.initial_noise(seeds, k) for k in (1, pipe.schedule.num_stages)}
+
+    def run(mode: str):
+        schedule = uniform_schedule if mode == "uniform" else pipe.schedule
+        steps = [s.uniform_steps] if mode == "uniform" else s.steps
+        with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
+            return progressive_sample(guided(pipe.velocity(text, mode), s.cfg), noise[schedule.num_stages],
+                                      schedule, steps, pipe.bridge, torch.Generator().manual_seed(0)).final  # fmt: skip
+
+    times = _median_times({m: (lambda m=m: run(m)) for m in ("uniform", "progressive", "no_nesting")}, repeats)
+    transitions = _transition_times(cfg, pipe, noise[pipe.schedule.num_stages], repeats)
+    final = run("progressive")
+    start = time.perf_counter()
+    pipe.decode(final)
+    decode_s = time.perf_counter() - start
+    report = {"batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps, "cfg": s.cfg,
+              "uniform_s": times["uniform"], "text_encode_s": encode_s, "decode_s": decode_s}  # fmt: skip
+    for mode, nesting in (("progressive", True), ("no_nesting", False)):
+        report[mode] = {
+            "seconds": times[mode],
+            "measured_ratio": times[mode] / times["uniform"],
+            "predicted_ratio": predicted_ratio(cfg, nesting=nesting),
+        }
+    report.update(transitions)
+    report["bridge_share_of_progressive"] = transitions["bridge_transition_s"] / times["progressive"]
+    return report
+
+
+def _transition_times(cfg: NamiConfig, pipe, noise: torch.Tensor, repeats: int) -> dict:
+    """Time of all K-1 transitions with the configured bridge and with renoise, on the same tensors."""
+    from ..bridges import build_bridge
+
+    renoise = build_bridge("renoise", pipe.schedule, pipe.bridge.channels, pipe.bridge.stage_sizes).to(pipe.device)
+    ends = [noise]
+    for _ in range(pipe.schedule.num_stages - 2):
+        ends.append(up(ends[-1]))
+    generator = torch.Generator().manual_seed(0)
+
+    def transitions(bridge):
+        return [bridge(up(z), k + 1, generator=generator) for k, z in enumerate(ends)]
+
+    times = _median_times({"bridge": lambda: transitions(pipe.bridge), "renoise": lambda: transitions(renoise)},
+                          max(repeats, 5))  # fmt: skip
+    return {"bridge_kind": cfg.bridge.kind, "bridge_transition_s": times["bridge"],
+            "renoise_transition_s": times["renoise"]}  # fmt: skip
+
+
+def synthetic_batch(cfg: NamiConfig, joint: bool = True):
+    """A data-module batch of random images and the configured captions, built by the real collate."""
+    import random
+
+    from data_modules.collate import BatchPlan, make_batch
+    from data_modules.decode import Sample
+
+    g = torch.Generator().manual_seed(0)
+    prompts = cfg.log.sample_prompts
+    samples = [
+        Sample(f"{i:09d}", torch.rand(3, cfg.resolution, cfg.resolution, generator=g) * 2 - 1,
+               prompts[i % len(prompts)], {})
+        for i in range(cfg.data.batch_size)
+    ]  # fmt: skip
+    return make_batch(samples, BatchPlan.from_config(cfg, joint=joint), 0, random.Random(0), {})
+
+
+def bench_training(cfg: NamiConfig, repeats: int = 3) -> dict:
+    """One optimizer step on a joint multi-resolution batch against one on a full-resolution-only batch."""
+    from ..bridges import bridge_from_config
+
+    module = JointFlowModule(cfg, bridge_from_config(cfg))
+    optimizer = torch.optim.AdamW(module.trainable().parameters(), lr=1e-4)
+    dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
+    batches = {"joint": synthetic_batch(cfg, joint=True), "full_resolution": synthetic_batch(cfg, joint=False)}
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            losses = module.stage_losses(batch)
+        loss = sum(n * loss_k for _, n, loss_k in losses) / sum(n for _, n, _ in losses)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    times = _median_times({name: (lambda b=b: step(b)) for name, b in batches.items()}, repeats)
+    predicted = {
+        name: sum(len(keys) * forward_cost(cfg, k).total for keys, k in zip(b.keys, b.stages))
+        for name, b in batches.items()
+    }
+    return {
+        "batch": cfg.data.batch_size,
+        "stage_counts": [len(keys) for keys in batches["joint"].keys],
+        "joint_step_s": times["joint"],
+        "full_resolution_step_s": times["full_resolution"],
+        "measured_ratio": times["joint"] / times["full_resolution"],
+        "predicted_ratio": predicted["joint"] / predicted["full_resolution"],
+    }
+
+
+def format_sampling(r: dict) -> str:
+    """Human-readable bench_sampling report."""
+    p, n = r["progressive"], r["no_nesting"]
+    return "\n".join([
+        f"sampling, batch {r['batch']}, cfg {r['cfg']}: uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
+        f"  progressive {'/'.join(map(str, r['steps']))}: {p['seconds']:.3f}s  ratio {p['measured_ratio']:.3f}"
+        f" (predicted {p['predicted_ratio']:.3f})",
+        f"  without nesting:   {n['seconds']:.3f}s  ratio {n['measured_ratio']:.3f} (predicted {n['predicted_ratio']:.3f})",
+        f"  transitions: {r['bridge_kind']} {r['bridge_transition_s'] * 1e3:.2f} ms"
+        f" ({100 * r['bridge_share_of_progressive']:.2f}% of progressive), renoise {r['renoise_transition_s'] * 1e3:.2f} ms",
+        f"  outside the loop: text encoding {r['text_encode_s']:.3f}s, decoding {r['decode_s']:.3f}s",
+    ])  # fmt: skip
+
+
+def format_training(r: dict) -> str:
+    """Human-readable bench_training report."""
+    return (
+        f"training step, batch {r['batch']} (stage counts {r['stage_counts']}): joint {r['joint_step_s']:.3f}s, "
+        f"full resolution only {r['full_resolution_step_s']:.3f}s, ratio {r['measured_ratio']:.3f} "
+        f"(predicted {r['predicted_ratio']:.3f})"
+    )

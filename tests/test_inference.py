@@ -1,0 +1,106 @@
+"""Inference from training outputs: weights files, `nami sample`, `nami eval`, `nami bench`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from PIL import Image
+
+from nami.config import ConfigError, load
+from nami.lit.inference import ProgressiveInferenceModule, predict, read_weights
+from nami.lit.runner import pretrain_bridges, train
+
+from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command
+
+PROMPTS = ["a photo of a red circle", "a photo of two squares"]
+
+
+def overrides(root, shapes) -> list[str]:
+    return [*LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
+            f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.max_steps=3",
+            "bridge.fit_batches=3", "bridge.heldout_batches=1", "log.sample_prompts=[a red circle]",
+            "sampler.steps=[2,2,2]", "sampler.uniform_steps=6", "optim.ema_decay=0.5", "eval.batch_size=12"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run trained for 3 steps: (config overrides, run directory, trained module)."""
+    from data_modules.synth import write_shapes
+
+    root = tmp_path_factory.mktemp("run")
+    write_shapes(root / "shapes", num=60, shards=2, resolution=32)
+    args = overrides(root, root / "shapes")
+    cfg = load(EXPERIMENTS / "tiny.yaml", args)
+    pretrain_bridges(cfg)
+    return args, train(cfg), cfg
+
+
+def test_weights_sources_agree_and_prefer_ema(run):
+    _, run_dir, _ = run
+    from_file, where = read_weights(run_dir / "weights.safetensors")
+    from_ckpt, where_ckpt = read_weights(run_dir / "checkpoints" / "step00000003.ckpt")
+    from_dir, _ = read_weights(run_dir)
+    assert where == where_ckpt == run_dir
+    assert from_file.keys() == from_ckpt.keys() == from_dir.keys()
+    assert all(torch.equal(from_file[k], from_ckpt[k].float()) for k in from_file)  # the EMA weights, not raw
+    raw = torch.load(run_dir / "checkpoints" / "step00000003.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(raw[f"model.{k[6:]}"], from_ckpt[k]) for k in from_ckpt if k.startswith("model."))
+    with pytest.raises(ConfigError, match="--ckpt"):
+        read_weights(run_dir / "nothing.ckpt")
+
+
+def test_sampling_is_seeded_per_prompt(run):
+    _, run_dir, cfg = run
+    module = ProgressiveInferenceModule.from_checkpoint(cfg, run_dir, keep_stages=True)
+    both = predict(module, PROMPTS, seed=7)
+    alone = predict(module, PROMPTS[1:], seed=8)  # prompt 1 had seed 7 + 1
+    assert torch.allclose(both.images[1], alone.images[0], atol=1e-5)
+    assert [s.shape[-1] for s in both.stage_ends] == [32, 32, 32]  # upsampled for viewing
+    assert not torch.allclose(both.images[0], predict(module, PROMPTS[:1], seed=9).images[0])
+
+
+def test_uniform_mode_is_the_same_module_with_a_switch(run):
+    args, run_dir, _ = run
+    cfg = load(EXPERIMENTS / "tiny.yaml", [*args, "sampler.mode=uniform"])
+    module = ProgressiveInferenceModule.from_checkpoint(cfg, run_dir)
+    calls = []
+    module.model.register_forward_hook(lambda m, a, kw, out: calls.append(a[0].shape[-1]), with_kwargs=True)
+    predict(module, PROMPTS[:1])
+    assert calls == [32] * cfg.sampler.uniform_steps  # one stage, full resolution throughout
+
+
+def test_nami_sample_writes_images_and_stage_strips(run, tmp_path):
+    args, run_dir, _ = run
+    out = tmp_path / "samples"
+    result = subprocess.run(nami_command("sample", EXPERIMENTS / "tiny.yaml", *args, "--ckpt", run_dir,
+                                         *[a for p in PROMPTS for a in ("--prompt", p)], "--stages", "--out", out,
+                                         "--steps", "1,1,1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(out / "000-a-photo-of-a-red-circle.png").size == (32, 32)
+    strip = Image.open(out / "001-a-photo-of-two-squares-stages.png")
+    assert strip.width > 4 * strip.height  # stage 0 end, then start and end of stages 1 and 2
+    assert (out / "grid.png").is_file()
+
+
+def test_nami_eval_and_bench_report_json(run):
+    args, run_dir, _ = run
+    result = subprocess.run(nami_command("eval", EXPERIMENTS / "tiny.yaml", *args, "--ckpt", run_dir, "--num", "2",
+                                         "--json"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout)
+    categories = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+    assert all(0.0 <= scores[c] <= 1.0 for c in categories) and scores["images"] == 12
+    assert scores["overall"] == pytest.approx(sum(scores[c] for c in categories) / 6)
+    assert any("FID skipped" in n for n in scores["notices"])
+
+    result = subprocess.run(nami_command("bench", "sampling", EXPERIMENTS / "tiny.yaml", *args, "--batch", "2",
+                                         "--repeats", "1", "--json"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    bench = json.loads(result.stdout)
+    for mode in ("progressive", "no_nesting"):
+        assert bench[mode]["measured_ratio"] > 0 and 0 < bench[mode]["predicted_ratio"] < 1
+    assert bench["progressive"]["predicted_ratio"] < bench["no_nesting"]["predicted_ratio"]
+    assert bench["uniform_s"] > 0 and bench["bridge_transition_s"] > 0 and bench["renoise_transition_s"] > 0

@@ -3,7 +3,8 @@
 Pipeline: `sources` (resolve data.shards) -> `split` (who reads what across rank x worker) -> `records`
 (raw tar / parquet records) -> `decode` (RGB, resize, crop, [-1, 1]; skips by reason) -> `stream` (the
 per-worker iterable: epochs, shuffle, resume state, batching) -> `collate` (StageBatch). `datamodule` wraps it
-for Lightning; `check`, `bench` and `synth` back the CLI; `shapes` holds the GenEval-Shapes vocabulary.
+for Lightning; `check`, `bench` and `synth` back the CLI (`synth` renders `nami.eval.shapes`, the GenEval-Shapes
+vocabulary shared with the evaluator).
 
 The batch contract (what the training module consumes): every training batch is a `StageBatch` with K
 groups, one per stage, of static sizes within a ratio phase (largest-remainder split of data.batch_size by

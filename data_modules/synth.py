@@ -1,7 +1,7 @@
 """`nami data synth`: write GenEval-Shapes as webdataset shards in img2dataset layout.
 
 Shard `DIR/{n:05d}.tar` holds, per sample, `{key}.png` (or `.jpg`), `{key}.txt` (the caption) and
-`{key}.json` (the spec of `shapes.py` plus img2dataset's key / width / height / status), keys 9 digits.
+`{key}.json` (the spec of `nami.eval.shapes` plus img2dataset's key / width / height / status), keys 9 digits.
 Output is byte-identical for the same arguments: sample i depends only on (seed, i), and tar headers carry
 no time or owner.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .shapes import make_spec, render
+from nami.eval.shapes import make_spec, render
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 

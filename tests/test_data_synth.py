@@ -7,7 +7,7 @@ from collections import Counter, deque
 import numpy as np
 import pytest
 
-from data_modules.shapes import (
+from nami.eval.shapes import (
     CATEGORIES,
     COLORS,
     GAP,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from data_modules.shapes import BACKGROUND, CATEGORIES, COLORS, PALETTE, make_spec, render
+from nami.eval.shapes import BACKGROUND, CATEGORIES, COLORS, PALETTE, make_spec, render
 from nami.eval import detect, evaluate, prompt_set, score_detections, score_image
 
 SPECS = prompt_set(50)  # the `nami eval` default set at 32 px

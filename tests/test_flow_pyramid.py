@@ -59,3 +59,18 @@ def test_block_noise_covariance_other_gamma():
     empirical = blocks.T @ blocks / blocks.shape[0]
     expected = (1 + gamma) * torch.eye(4) - gamma * torch.ones(4, 4)
     assert torch.allclose(empirical, expected, atol=0.03), empirical
+
+
+def test_detail_noise_is_the_part_of_white_noise_that_up_cannot_carry():
+    from nami.flow import detail_noise
+
+    d = detail_noise((20000, 1, 4, 4), torch.Generator().manual_seed(3))
+    assert down(d).abs().max() < 1e-6  # every 2x2 block sums to zero
+    blocks = d.reshape(-1, 1, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(-1, 4)
+    empirical = blocks.T @ blocks / blocks.shape[0]
+    assert torch.allclose(empirical, torch.eye(4) - torch.ones(4, 4) / 4, atol=0.02), empirical
+    # white noise = its coarse part + independent detail
+    n = torch.randn(20000, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    rebuilt = up(down(n)) + detail_noise(n.shape, torch.Generator().manual_seed(5))
+    assert abs(rebuilt.var().item() - 1) < 0.01
+    assert abs((rebuilt[..., 0, 0] * rebuilt[..., 0, 1]).mean().item()) < 0.02  # neighbours uncorrelated

@@ -116,3 +116,23 @@ def test_ratio_schedule_phases():
     assert stage_ratios_at(150, [1, 1, 1], phases) == [2, 4, 1]
     assert stage_ratios_at(10_000, [1, 1, 1], phases) == [1, 2, 4]
     assert stage_ratios_at(50, [1, 1, 1], []) == [1, 1, 1]
+
+
+def test_detail_noise_jump_restores_white_noise_at_the_previous_level():
+    """Pure-noise data: the MSE-optimal linear bridge halves Up(n^(k-1)) = 2 Up(Down(n^(k))); adding
+    e_(k-1) x detail then gives white noise at level e_(k-1), which Bridge(Up(.)) alone cannot."""
+    from nami.bridges import fit_closed_form
+
+    g = torch.Generator().manual_seed(0)
+    bridge = Conv1x1Bridge(SCHED, 3, SIZES)
+    x = torch.zeros(256, 3, 8, 8)
+    fit_closed_form(bridge, [(*bridge_pair(x, torch.randn(x.shape, generator=g), 1, SCHED), 1)])
+    assert torch.allclose(bridge.weight[0], 0.5 * torch.eye(3), atol=0.02)
+    n = torch.randn(x.shape, generator=g)
+    plain, _ = stage_endpoints(x, n, 1, SCHED, bridge)
+    start, _ = stage_endpoints(x, n, 1, SCHED, bridge, detail=True, generator=g)
+    e0 = SCHED.end_sigmas[0]
+    assert torch.allclose(down(start), down(plain), atol=1e-5)  # only block-zero-sum detail was added
+    assert abs(plain.var().item() - e0**2 / 4) < 0.01  # a quarter of the variance the target has
+    assert abs(start.var().item() - e0**2) < 0.01
+    assert abs((start[..., 0::2, :] * start[..., 1::2, :]).mean().item()) < 0.01  # white: no block correlation

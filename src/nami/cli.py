@@ -19,13 +19,18 @@ def _add_config_args(parser: argparse.ArgumentParser, json_flag: bool = True) ->
         parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _print(args: argparse.Namespace, report: dict, formatter) -> int:
+    """One JSON object with --json, else the human-readable form; exit code 0."""
+    print(json.dumps(report) if args.json else formatter(report))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Parameters, tokens and FLOPs per stage, schedule, predicted progressive/uniform time ratio."""
     from .perf import format_report, info_report
 
     report = info_report(load(args.config, args.overrides))
-    print(json.dumps(report) if args.json else format_report(report))
-    return 0
+    return _print(args, report, format_report)
 
 
 def _positive_int(text: str) -> int:
@@ -52,8 +57,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from data_modules.check import check_data, format_check
 
     report = check_data(load(args.config, args.overrides), args.world_size, args.keys_out)
-    print(json.dumps(report) if args.json else format_check(report))
-    return 0
+    return _print(args, report, format_check)
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
@@ -61,8 +65,7 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     from data_modules.bench import bench_data, format_bench
 
     report = bench_data(load(args.config, args.overrides), samples=args.samples)
-    print(json.dumps(report) if args.json else format_bench(report))
-    return 0
+    return _print(args, report, format_bench)
 
 
 def cmd_pretrain_bridge(args: argparse.Namespace) -> int:
@@ -155,8 +158,7 @@ def cmd_bench_sampling(args: argparse.Namespace) -> int:
     cfg = load(args.config, args.overrides)
     module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt) if args.ckpt else None
     report = bench_sampling(cfg, module, batch=args.batch, repeats=args.repeats)
-    print(json.dumps(report) if args.json else format_sampling(report))
-    return 0
+    return _print(args, report, format_sampling)
 
 
 def cmd_bench_training(args: argparse.Namespace) -> int:
@@ -164,8 +166,7 @@ def cmd_bench_training(args: argparse.Namespace) -> int:
     from .perf.bench import bench_training, format_training
 
     report = bench_training(load(args.config, args.overrides), repeats=args.repeats)
-    print(json.dumps(report) if args.json else format_training(report))
-    return 0
+    return _print(args, report, format_training)
 
 
 def _add_data_commands(sub) -> None:

@@ -106,6 +106,9 @@ class BridgeConfig:
     lr: float = 1e-3
     sgd_steps: int = 2000
     ridge: float = 0.0  # Tikhonov term for the closed-form solve (0 = plain least squares)
+    # Add e_(k-1) x (eps - Up(Down(eps))) after the bridge, in training and sampling: the full-resolution noise
+    # detail a deterministic Up-based jump cannot carry (see flow.bridge_jump). Off: DESIGN's deterministic jump.
+    detail_noise: bool = False
 
 
 @dataclass

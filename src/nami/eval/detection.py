@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from data_modules.shapes import BACKGROUND, COLORS, PALETTE, SHAPES
+from .shapes import BACKGROUND, COLORS, PALETTE, SHAPES
 
 ALPHA_MIN = 0.5  # an object pixel is at least half covered by its colour
 RESIDUAL_MAX = 60.0  # RGB distance to the nearest white->colour segment (>= 68 apart above alpha 0.5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from data_modules.shapes import CATEGORIES, make_spec, relation_holds
+from .shapes import CATEGORIES, make_spec, relation_holds
 
 from .detection import detect
 

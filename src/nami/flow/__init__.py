@@ -1,11 +1,12 @@
 """The math of multi-stage rectified flow (no Lightning, no I/O), after SiT's `transport/`."""
 
-from .pyramid import block_noise, data_pyramid, down, noise_down, noise_pyramid, up
+from .pyramid import block_noise, data_pyramid, detail_noise, down, noise_down, noise_pyramid, up
 from .sampler import SampleTrace, VelocityFn, euler_stage, guided, initial_noise, progressive_sample
 from .schedule import PyramidSchedule
 from .training import (
     Bridge,
     FlowSample,
+    bridge_jump,
     bridge_pair,
     flow_sample,
     interpolate,
@@ -17,12 +18,14 @@ from .training import (
 __all__ = [
     "Bridge",
     "FlowSample",
+    "bridge_jump",
     "PyramidSchedule",
     "SampleTrace",
     "VelocityFn",
     "block_noise",
     "bridge_pair",
     "data_pyramid",
+    "detail_noise",
     "down",
     "euler_stage",
     "flow_sample",

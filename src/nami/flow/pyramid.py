@@ -59,3 +59,21 @@ def block_noise(
     eps = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
     mean = up(down(eps))
     return (1.0 + gamma) ** 0.5 * (eps - mean) + max(1.0 - 3.0 * gamma, 0.0) ** 0.5 * mean
+
+
+def detail_noise(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """e - Up(Down(e)) for white e: the part of full-resolution noise that Up of a coarse level cannot carry.
+
+    Every 2x2 block sums to zero (per-block covariance I - 11^T / 4, i.e. 3/4 x block noise with gamma 1/3),
+    and white noise splits as n = Up(Down(n)) + detail. A bridge fitted by MSE predicts the coarse part of its
+    target's noise e_(k-1) n^(k) from Up(end_(k-1)) but never this part, which is independent of its input.
+    """
+    draw_device = generator.device if generator is not None else device
+    eps = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+    return eps - up(down(eps))
+

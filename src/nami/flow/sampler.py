@@ -7,9 +7,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .pyramid import noise_down, up
+from .pyramid import noise_down
 from .schedule import PyramidSchedule
-from .training import Bridge
+from .training import Bridge, bridge_jump
 
 # velocity(z, model_time (B,), stage) -> v, with v = noise - data in the stage's local coordinate
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -68,8 +68,10 @@ def progressive_sample(
     bridge: Bridge | None,
     generator: torch.Generator | None = None,
     keep_stages: bool = False,
+    detail: bool = False,
 ) -> SampleTrace:
-    """Stage 0 from `noise` (at stage 0's resolution); before stage k > 0, z <- Bridge_k(Up(z)).
+    """Stage 0 from `noise` (at stage 0's resolution); before stage k > 0, z <- Bridge_k(Up(z)) (plus detail
+    noise with `detail`, as in training: see `bridge_jump`).
 
     `keep_stages` keeps each stage's start and end (for stage-by-stage inspection).
     """
@@ -79,7 +81,7 @@ def progressive_sample(
     z = noise
     for k, n_steps in enumerate(steps):
         if k > 0:
-            z = bridge(up(z), k, generator=generator)
+            z = bridge_jump(z, k, schedule, bridge, detail, generator)
         if keep_stages:
             trace.stage_starts.append(z)
         z = euler_stage(velocity, z, k, schedule, n_steps)

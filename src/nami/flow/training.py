@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from .pyramid import down, noise_down, up
+from .pyramid import detail_noise, down, noise_down, up
 from .schedule import PyramidSchedule
 
 
@@ -46,16 +46,39 @@ def sample_local_sigma(
     raise ValueError(f"unknown timestep density {density!r}")
 
 
+def bridge_jump(
+    z: torch.Tensor,
+    k: int,
+    schedule: PyramidSchedule,
+    bridge: Bridge,
+    detail: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Start of stage k from the end of stage k-1: Bridge_k(Up(z)) [+ e_(k-1) x detail noise].
+
+    With `detail`, fresh full-resolution noise detail at the previous end's level e_(k-1) is added after the
+    bridge (see `detail_noise`): Up leaves a quarter of the degrees of freedom, so a deterministic jump hands
+    the next stage a start that its flow cannot turn into white noise at the finer resolution.
+    """
+    start = bridge(up(z), k, generator=generator)
+    if detail and getattr(bridge, "kind", None) != "renoise":  # renoise brings its own block noise
+        noise = detail_noise(start.shape, generator, device=start.device, dtype=start.dtype)
+        start = start + schedule.end_sigmas[k - 1] * noise
+    return start
+
+
 def stage_endpoints(
     x_k: torch.Tensor,
     n_k: torch.Tensor,
     k: int,
     schedule: PyramidSchedule,
     bridge: Bridge | None,
+    detail: bool = False,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(start_k, end_k) from one data point and one noise draw at stage k's resolution.
 
-    end_k = e_k n^(k) + (1 - e_k) x^(k); start_0 = n^(0); start_k = Bridge_k(Up(end_(k-1))), except for the
+    end_k = e_k n^(k) + (1 - e_k) x^(k); start_0 = n^(0); start_k = bridge_jump(end_(k-1)), except for the
     renoise kind, whose start is c_k n^(k) + (1 - c_k) Up(x^(k-1)) (Pyramid Flow's corrected start).
     """
     end = interpolate(x_k, n_k, schedule.end_sigmas[k])
@@ -66,7 +89,7 @@ def stage_endpoints(
     if getattr(bridge, "kind", None) == "renoise":
         return interpolate(up(down(x_k)), n_k, schedule.start_sigmas[k]), end
     prev_end = interpolate(down(x_k), noise_down(n_k), schedule.end_sigmas[k - 1])
-    return bridge(up(prev_end), k), end
+    return bridge_jump(prev_end, k, schedule, bridge, detail, generator), end
 
 
 @dataclass
@@ -92,6 +115,7 @@ def flow_sample(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     generator: torch.Generator | None = None,
+    detail: bool = False,
 ) -> FlowSample:
     """z = sigma' start + (1 - sigma') end, target v* = start - end, T = the stage window at sigma'."""
     if noise is None:
@@ -99,7 +123,7 @@ def flow_sample(
     if sigma is None:
         sigma = sample_local_sigma(x_k.shape[0], density, logit_mean, logit_std, generator, x_k.device)
     with torch.no_grad():  # the bridge is frozen during flow training
-        start, end = stage_endpoints(x_k, noise, k, schedule, bridge)
+        start, end = stage_endpoints(x_k, noise, k, schedule, bridge, detail, generator)
     z = interpolate(end, start, sigma)
     timestep = schedule.model_time(k, sigma)
     return FlowSample(z=z, timestep=timestep, target=start - end, sigma=sigma, start=start, end=end)

@@ -13,7 +13,7 @@ from .inference import ProgressiveInferenceModule, predict
 
 def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None) -> dict:
     """Category scores, overall (mean of the six), sampling time, and FID / CLIPScore when configured."""
-    from data_modules.shapes import render
+    from nami.eval.shapes import render
 
     cfg = module.cfg
     specs = prompt_set(per_category or cfg.eval.per_category, cfg.eval.seed, cfg.resolution)
@@ -40,7 +40,7 @@ def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None
 
 def format_eval(report: dict) -> str:
     """Human-readable scores (per-image results stay in the JSON)."""
-    from data_modules.shapes import CATEGORIES
+    from nami.eval.shapes import CATEGORIES
 
     lines = [f"GenEval-Shapes, {report['images']} images ({report['mode']}, steps {report['steps']}, "
              f"cfg {report['cfg']}, sampled in {report['sampling_s']:.1f}s)"]  # fmt: skip

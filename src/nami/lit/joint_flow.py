@@ -55,7 +55,8 @@ class JointFlowModule(L.LightningModule):
         """A sampler over the current (or EMA) weights."""
         source = self.ema if use_ema else self.trainable()
         text = source["text_encoder"] if "text_encoder" in source else self.text_encoder
-        return Pipeline(source["model"], text, self.autoencoder, self.bridge, self.schedule, self.cfg.latent_size)
+        return Pipeline(source["model"], text, self.autoencoder, self.bridge, self.schedule, self.cfg.latent_size,
+                        self.cfg.bridge.detail_noise)  # fmt: skip
 
     def configure_model(self) -> None:
         """FSDP2 (trainer.strategy=fsdp): shard every block, then each trainable root, on the data-parallel mesh."""
@@ -92,7 +93,7 @@ class JointFlowModule(L.LightningModule):
             x = group_latents(images, k, cfg.num_stages, batch.pooled, self.autoencoder)
             sample = flow_sample(
                 x, k, self.schedule, self.bridge, density=f.timestep_density, logit_mean=f.logit_mean,
-                logit_std=f.logit_std, generator=gen,
+                logit_std=f.logit_std, generator=gen, detail=cfg.bridge.detail_noise,
             )  # fmt: skip
             text = self.text_encoder(drop_captions(captions, f.caption_dropout, cpu_gen)).to(self.device)
             v = self.model(sample.z, sample.timestep, text.states, text.mask, text.pooled, stage=k)
@@ -143,13 +144,16 @@ class JointFlowModule(L.LightningModule):
             return
         self.log("train/grad_norm", norm)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        """EMA update after every optimizer step taken: ema <- decay ema + (1 - decay) theta.
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA update: ema <- decay ema + (1 - decay) theta.
 
-        The decay warms up as min(ema_decay, (1 + step) / (10 + step)), so short runs are not dominated by
-        the initial weights (whose zero head predicts no velocity at all).
+        Done here rather than in `on_train_batch_end` because Lightning runs callbacks (ModelCheckpoint) first
+        in that hook: a checkpoint written there would hold an EMA one update behind, and a resumed run would
+        drift from an uninterrupted one. The decay warms up as min(ema_decay, (1 + step) / (10 + step)), so
+        short runs are not dominated by the initial weights (whose zero head predicts no velocity at all).
         """
-        if self.global_step <= self._ema_step:  # skipped step (non-finite) or gradient accumulation
+        super().optimizer_step(*args, **kwargs)
+        if self.global_step <= self._ema_step:  # a skipped (non-finite) step
             return
         self._ema_step = step = self.global_step
         decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))

@@ -32,6 +32,7 @@ class Pipeline:
     bridge: BridgeFlow | None
     schedule: PyramidSchedule
     latent_size: int  # full-stage latent side
+    detail_noise: bool = False  # bridge.detail_noise: fresh noise detail after each bridge (flow.bridge_jump)
 
     @property
     def device(self) -> torch.device:
@@ -80,7 +81,8 @@ class Pipeline:
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         with autocast:
             trace: SampleTrace = progressive_sample(
-                velocity, noise, schedule, steps, self.bridge, generator=generator, keep_stages=keep_stages
+                velocity, noise, schedule, steps, self.bridge, generator=generator, keep_stages=keep_stages,
+                detail=self.detail_noise,
             )
         result = SampleResult(self.decode(trace.final))
         if keep_stages:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..config import NamiConfig
-from ..flow import guided, progressive_sample, up
+from ..flow import bridge_jump, guided, progressive_sample, up
 from ..lit.inference import ProgressiveInferenceModule
 from ..lit.joint_flow import JointFlowModule
 from ..lit.precision import autocast_dtype
@@ -55,7 +55,8 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
         steps = [s.uniform_steps] if mode == "uniform" else s.steps
         with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
             return progressive_sample(guided(pipe.velocity(text, mode), s.cfg), noise[schedule.num_stages],
-                                      schedule, steps, pipe.bridge, torch.Generator().manual_seed(0)).final  # fmt: skip
+                                      schedule, steps, pipe.bridge, torch.Generator().manual_seed(0),
+                                      detail=pipe.detail_noise).final  # fmt: skip
 
     times = _median_times({m: (lambda m=m: run(m)) for m in ("uniform", "progressive", "no_nesting")}, repeats)
     transitions = _transition_times(cfg, pipe, noise[pipe.schedule.num_stages], repeats)
@@ -87,7 +88,7 @@ def _transition_times(cfg: NamiConfig, pipe, noise: torch.Tensor, repeats: int) 
     generator = torch.Generator().manual_seed(0)
 
     def transitions(bridge):
-        return [bridge(up(z), k + 1, generator=generator) for k, z in enumerate(ends)]
+        return [bridge_jump(z, k + 1, pipe.schedule, bridge, pipe.detail_noise, generator) for k, z in enumerate(ends)]
 
     times = _median_times({"bridge": lambda: transitions(pipe.bridge), "renoise": lambda: transitions(renoise)},
                           max(repeats, 5))  # fmt: skip

@@ -1,6 +1,6 @@
 """GenEval-Shapes: the vocabulary (shapes, palette, categories), the per-image spec, and its renderer.
 
-The evaluator detects objects by palette colour and connected components, so it must read the constants
+Shared by the shard writer (`data_modules.synth`) and the evaluator. The evaluator detects objects by palette colour and connected components, so it must read the constants
 from here. Every object is one flat palette colour on a plain white background, objects never touch (a gap
 of at least GAP of the side between bounding boxes), and sizes stay recognisable at 32 px.
 

@@ -27,12 +27,32 @@ def shapes(tmp_path_factory):
 def test_the_ablation_set_is_complete():
     names = {p.stem for p in ABLATIONS}
     bridges = {f"bridge_{k}" for k in ("scalar_bias", "conv1x1", "mlp", "cnn", "renoise", "identity")}
-    others = {"uniform_baseline", "no_nesting", "sequential_training", "windows_2_1_1", "layers_uniform",
+    others = {"uniform_baseline", "no_nesting", "sequential_training", "windows_2_1_1", "layers_front_loaded",
               "ratio_schedule_on", "ratio_schedule_off"}  # fmt: skip
     assert bridges | others <= names
     for path in ABLATIONS:  # small overrides of one base, not copies
         text = path.read_text()
         assert "base: ../tiny.yaml" in text and len(text.splitlines()) <= 16, path.name
+
+
+def test_each_ablation_is_a_distinct_arm():
+    """No two files resolve to the same config; one equal to tiny.yaml must say it is the reference arm."""
+    from nami.config import to_dict
+
+    def resolved(path):
+        out = to_dict(load(path))
+        out.pop("name")
+        return out
+
+    tiny, seen = resolved(EXPERIMENTS / "tiny.yaml"), {}
+    for path in ABLATIONS:
+        config = resolved(path)
+        if config == tiny:
+            assert "reference arm" in path.read_text().splitlines()[0], f"{path.stem} silently equals tiny.yaml"
+            continue
+        twin = next((name for name, other in seen.items() if other == config), None)
+        assert twin is None, f"{path.stem} resolves to the same config as {twin}"
+        seen[path.stem] = config
 
 
 @pytest.mark.slow

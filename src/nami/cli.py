@@ -118,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load(args.config, args.overrides)
     module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt)
-    report = evaluate_module(module, args.num)
+    report = evaluate_module(module, args.num, progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "results" or args.per_image}))
     else:

@@ -11,7 +11,7 @@ from ..eval import clip_score, evaluate, fid_score, prompt_set
 from .inference import ProgressiveInferenceModule, predict
 
 
-def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None) -> dict:
+def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None, progress: bool = True) -> dict:
     """Category scores, overall (mean of the six), sampling time, and FID / CLIPScore when configured."""
     from nami.eval.shapes import render
 
@@ -19,7 +19,7 @@ def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None
     specs = prompt_set(per_category or cfg.eval.per_category, cfg.eval.seed, cfg.resolution)
     captions = [s["caption"] for s in specs]
     start = time.perf_counter()
-    images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size).images
+    images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
     sampling_s = time.perf_counter() - start
     report = evaluate(images, specs)
     report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=module.steps(),

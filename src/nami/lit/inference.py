@@ -101,14 +101,19 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     return weights, run_dir
 
 
-def predict(module: ProgressiveInferenceModule, prompts: list[str], seed: int = 0, batch_size: int = 16) -> SampleResult:
-    """Sample every prompt through Lightning's predict loop (prompt i gets seed + i); results concatenated."""
+def predict(
+    module: ProgressiveInferenceModule, prompts: list[str], seed: int = 0, batch_size: int = 16, progress: bool = True
+) -> SampleResult:
+    """Sample every prompt through Lightning's predict loop (prompt i gets seed + i); results concatenated.
+
+    `progress=False` hides the progress bar, which Lightning draws on stdout (where `--json` output goes).
+    """
     batches = [
         {"prompts": prompts[i : i + batch_size], "seeds": list(range(seed + i, seed + min(i + batch_size, len(prompts))))}
         for i in range(0, len(prompts), batch_size)
     ]  # fmt: skip
     t = module.cfg.trainer
-    trainer = L.Trainer(accelerator=t.accelerator, devices=1, logger=False, enable_progress_bar=len(batches) > 1,
+    trainer = L.Trainer(accelerator=t.accelerator, devices=1, logger=False, enable_progress_bar=progress and len(batches) > 1,
                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     results = trainer.predict(module, dataloaders=DataLoader(batches, batch_size=None))
     return SampleResult(

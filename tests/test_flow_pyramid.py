@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nami.flow import block_noise, data_pyramid, down, noise_pyramid, up
@@ -74,3 +75,16 @@ def test_detail_noise_is_the_part_of_white_noise_that_up_cannot_carry():
     rebuilt = up(down(n)) + detail_noise(n.shape, torch.Generator().manual_seed(5))
     assert abs(rebuilt.var().item() - 1) < 0.01
     assert abs((rebuilt[..., 0, 0] * rebuilt[..., 0, 1]).mean().item()) < 0.02  # neighbours uncorrelated
+
+
+def test_seeded_randn_gives_each_row_its_own_generator():
+    from nami.flow import seeded_randn
+
+    rows = seeded_randn((3, 2, 4, 4), [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    alone = seeded_randn((1, 2, 4, 4), torch.Generator().manual_seed(6))
+    assert torch.equal(rows[1:2], alone)  # row 1 depends on its seed only, not on its batch
+    batch = block_noise((2, 1, 4, 4), 1 / 3, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    single = block_noise((1, 1, 4, 4), 1 / 3, torch.Generator().manual_seed(2))
+    assert torch.allclose(batch[1:], single)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        seeded_randn((3, 1, 2, 2), [torch.Generator(), torch.Generator()])

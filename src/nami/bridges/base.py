@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..flow import PyramidSchedule
+from ..flow import Generators, PyramidSchedule
 
 BRIDGE_REGISTRY: dict[str, type["BridgeFlow"]] = {}
 
@@ -46,12 +46,12 @@ class BridgeFlow(nn.Module):
     def num_transitions(self) -> int:
         return self.schedule.num_stages - 1
 
-    def forward(self, u: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, k: int, generator: Generators = None) -> torch.Tensor:
         if not 1 <= k <= self.num_transitions:
             raise IndexError(f"transition {k} outside 1..{self.num_transitions}")
         return self.transition(u, k, generator)
 
-    def transition(self, u: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    def transition(self, u: torch.Tensor, k: int, generator: Generators) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:

@@ -43,7 +43,8 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
-SIZE_FEW = (0.30, 0.45)  # object side, fraction of the image side, with one or two objects
+SIZE_ONE = (0.40, 0.60)  # object side, fraction of the image side, alone (13-19 px at 32 px)
+SIZE_FEW = (0.30, 0.45)  # with two objects (room for a relation between them)
 SIZE_MANY = (0.25, 0.31)  # with three or four objects (counting): still >= 8 px at 32 px
 GAP = 0.04  # minimum gap between bounding boxes
 MARGIN = 0.03  # minimum gap to the image border
@@ -118,7 +119,7 @@ def make_spec(index: int, seed: int = 0, resolution: int = 32) -> dict[str, Any]
             caption = f"a photo of {_article(words[0])} {words[0]} {relation} {_article(words[1])} {words[1]}"
         else:
             caption = "a photo of " + " and ".join(f"{_article(w)} {w}" for w in words)
-    boxes = _layout(rng, len(shapes), SIZE_MANY if len(shapes) > 2 else SIZE_FEW, relation)
+    boxes = _layout(rng, len(shapes), (SIZE_ONE, SIZE_FEW, SIZE_MANY, SIZE_MANY)[len(shapes) - 1], relation)
     return {
         "version": SPEC_VERSION,
         "category": category,

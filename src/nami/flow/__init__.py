@@ -1,6 +1,16 @@
 """The math of multi-stage rectified flow (no Lightning, no I/O), after SiT's `transport/`."""
 
-from .pyramid import block_noise, data_pyramid, detail_noise, down, noise_down, noise_pyramid, up
+from .pyramid import (
+    Generators,
+    block_noise,
+    data_pyramid,
+    detail_noise,
+    down,
+    noise_down,
+    noise_pyramid,
+    seeded_randn,
+    up,
+)
 from .sampler import SampleTrace, VelocityFn, euler_stage, guided, initial_noise, progressive_sample
 from .schedule import PyramidSchedule
 from .training import (
@@ -22,10 +32,12 @@ __all__ = [
     "PyramidSchedule",
     "SampleTrace",
     "VelocityFn",
+    "Generators",
     "block_noise",
     "bridge_pair",
     "data_pyramid",
     "detail_noise",
+    "seeded_randn",
     "down",
     "euler_stage",
     "flow_sample",

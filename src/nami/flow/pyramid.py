@@ -5,6 +5,9 @@ Every tensor is (B, C, H, W). Lists are ordered coarsest first, so index k is st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 
@@ -40,10 +43,26 @@ def noise_pyramid(n: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
     return levels[::-1]
 
 
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def seeded_randn(
+    shape: tuple[int, ...] | torch.Size, generator: Generators, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """White noise from one generator, or from one generator per batch row (so a sample depends on its own
+    seed, not on its batch). Drawn where the generator lives (a CPU generator can seed CUDA sampling)."""
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([seeded_randn((1, *shape[1:]), g, device, dtype) for g in generator])
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
 def block_noise(
     shape: tuple[int, ...] | torch.Size,
     gamma: float,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -54,16 +73,14 @@ def block_noise(
     """
     if not 0.0 < gamma <= 1 / 3 + 1e-9:
         raise ValueError(f"gamma must lie in (0, 1/3], got {gamma}")
-    # Draw where the generator lives (a CPU generator can seed CUDA sampling), then move.
-    draw_device = generator.device if generator is not None else device
-    eps = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+    eps = seeded_randn(shape, generator, device, dtype)
     mean = up(down(eps))
     return (1.0 + gamma) ** 0.5 * (eps - mean) + max(1.0 - 3.0 * gamma, 0.0) ** 0.5 * mean
 
 
 def detail_noise(
     shape: tuple[int, ...] | torch.Size,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -73,7 +90,6 @@ def detail_noise(
     and white noise splits as n = Up(Down(n)) + detail. A bridge fitted by MSE predicts the coarse part of its
     target's noise e_(k-1) n^(k) from Up(end_(k-1)) but never this part, which is independent of its input.
     """
-    draw_device = generator.device if generator is not None else device
-    eps = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+    eps = seeded_randn(shape, generator, device, dtype)
     return eps - up(down(eps))
 

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .pyramid import noise_down
+from .pyramid import Generators, noise_down
 from .schedule import PyramidSchedule
 from .training import Bridge, bridge_jump
 
@@ -66,7 +66,7 @@ def progressive_sample(
     schedule: PyramidSchedule,
     steps: Sequence[int],
     bridge: Bridge | None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     keep_stages: bool = False,
     detail: bool = False,
 ) -> SampleTrace:

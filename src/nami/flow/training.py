@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from .pyramid import detail_noise, down, noise_down, up
+from .pyramid import Generators, detail_noise, down, noise_down, up
 from .schedule import PyramidSchedule
 
 
@@ -20,7 +20,7 @@ class Bridge(Protocol):
 
     kind: str
 
-    def __call__(self, u: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def __call__(self, u: torch.Tensor, k: int, generator: Generators = None) -> torch.Tensor: ...
 
 
 def interpolate(x: torch.Tensor, n: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -52,7 +52,7 @@ def bridge_jump(
     schedule: PyramidSchedule,
     bridge: Bridge,
     detail: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Start of stage k from the end of stage k-1: Bridge_k(Up(z)) [+ e_(k-1) x detail noise].
 

@@ -51,11 +51,10 @@ class Pipeline:
 
         return batched
 
-    def initial_noise(self, seeds: list[int], num_stages: int) -> torch.Tensor:
+    def initial_noise(self, generators: list[torch.Generator], num_stages: int) -> torch.Tensor:
         """Stage-0 noise, one generator per image: an image depends on its seed, not on its batch."""
         shape = (1, self.autoencoder.channels, self.latent_size, self.latent_size)
-        noise = [initial_noise(shape, num_stages, torch.Generator().manual_seed(s)) for s in seeds]
-        return torch.cat(noise).to(self.device)
+        return torch.cat([initial_noise(shape, num_stages, g) for g in generators]).to(self.device)
 
     @torch.no_grad()
     def sample(
@@ -74,14 +73,15 @@ class Pipeline:
             raise ValueError(f"mode must be one of {SAMPLER_MODES}, got {mode!r}")
         schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps) if mode == "uniform" else self.schedule
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
-        noise = self.initial_noise(seeds, schedule.num_stages)
-        generator = torch.Generator().manual_seed(seeds[0])  # stochastic bridges (renoise)
+        # One generator per image, for its stage-0 noise and then its transitions' noise (renoise, detail).
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        noise = self.initial_noise(generators, schedule.num_stages)
         text = self.encode_prompts(prompts)
         velocity = guided(self.velocity(text, mode), cfg_scale)
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         with autocast:
             trace: SampleTrace = progressive_sample(
-                velocity, noise, schedule, steps, self.bridge, generator=generator, keep_stages=keep_stages,
+                velocity, noise, schedule, steps, self.bridge, generator=generators, keep_stages=keep_stages,
                 detail=self.detail_noise,
             )
         result = SampleResult(self.decode(trace.final))

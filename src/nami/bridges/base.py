@@ -30,6 +30,7 @@ class BridgeFlow(nn.Module):
     """
 
     kind = "base"
+    adds_noise = False  # True for kinds that draw their own fresh noise (renoise)
     learnable = True  # has parameters to fit (identity and renoise do not)
     closed_form = False  # has a one-pass least-squares fit (see moments.py)
 

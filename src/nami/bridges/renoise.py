@@ -15,6 +15,7 @@ class RenoiseBridge(BridgeFlow):
     """
 
     learnable = False
+    adds_noise = True
 
     def transition(self, u, k, generator):
         alpha, beta = self.schedule.renoise_coefficients(k)

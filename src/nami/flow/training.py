@@ -19,6 +19,7 @@ class Bridge(Protocol):
     """What the flow needs of a BridgeFlow: map Up(end of stage k-1) to the start of stage k."""
 
     kind: str
+    adds_noise: bool  # draws its own fresh noise (renoise): no detail noise on top
 
     def __call__(self, u: torch.Tensor, k: int, generator: Generators = None) -> torch.Tensor: ...
 
@@ -61,7 +62,7 @@ def bridge_jump(
     the next stage a start that its flow cannot turn into white noise at the finer resolution.
     """
     start = bridge(up(z), k, generator=generator)
-    if detail and getattr(bridge, "kind", None) != "renoise":  # renoise brings its own block noise
+    if detail and not getattr(bridge, "adds_noise", False):
         noise = detail_noise(start.shape, generator, device=start.device, dtype=start.dtype)
         start = start + schedule.end_sigmas[k - 1] * noise
     return start

@@ -51,6 +51,11 @@ class Pipeline:
 
         return batched
 
+    @staticmethod
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        """One generator per image, for its stage-0 noise and then its transitions' noise (renoise, detail)."""
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
     def initial_noise(self, generators: list[torch.Generator], num_stages: int) -> torch.Tensor:
         """Stage-0 noise, one generator per image: an image depends on its seed, not on its batch."""
         shape = (1, self.autoencoder.channels, self.latent_size, self.latent_size)
@@ -73,8 +78,7 @@ class Pipeline:
             raise ValueError(f"mode must be one of {SAMPLER_MODES}, got {mode!r}")
         schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps) if mode == "uniform" else self.schedule
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
-        # One generator per image, for its stage-0 noise and then its transitions' noise (renoise, detail).
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        generators = self.generators(seeds)
         noise = self.initial_noise(generators, schedule.num_stages)
         text = self.encode_prompts(prompts)
         velocity = guided(self.velocity(text, mode), cfg_scale)

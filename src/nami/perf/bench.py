@@ -48,8 +48,7 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     encode_s = time.perf_counter() - start
     seeds = list(range(batch))
     uniform_schedule = type(pipe.schedule).uniform(pipe.schedule.num_train_timesteps)
-    noise = {k: pipe.initial_noise([torch.Generator().manual_seed(i) for i in seeds], k)
-             for k in (1, pipe.schedule.num_stages)}
+    noise = {k: pipe.initial_noise(pipe.generators(seeds), k) for k in (1, pipe.schedule.num_stages)}
 
     def run(mode: str):
         schedule = uniform_schedule if mode == "uniform" else pipe.schedule

@@ -57,6 +57,7 @@ BAD_OVERRIDES = [
     (["bridge.kind=mlp"], "bridge.solver"),  # no closed form for mlp
     (["sampler.steps=[10,10]"], "sampler.steps"),
     (["flow.gamma=0.5"], "flow.gamma"),
+    (["flow.prediction=noise"], "flow.prediction"),
     (["trainer.strategy=deepspeed"], "trainer.strategy"),
     (["model.width"], "model.width"),  # not key=value
 ]

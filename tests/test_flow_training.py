@@ -136,3 +136,23 @@ def test_detail_noise_jump_restores_white_noise_at_the_previous_level():
     assert abs(plain.var().item() - e0**2 / 4) < 0.01  # a quarter of the variance the target has
     assert abs(start.var().item() - e0**2) < 0.01
     assert abs((start[..., 0::2, :] * start[..., 1::2, :]).mean().item()) < 0.01  # white: no block correlation
+
+
+def test_detail_noise_in_training_is_the_stage_noise_so_the_velocity_is_predictable():
+    """Start and end share the stage's noise draw n^(k), its detail band included: on pure-noise data with the
+    optimal bridge (half of Up), start = e_(k-1) n and end = e_k n, so the target is an exact multiple of z.
+    Fresh detail in the start (independent of the end's) would leave an irreducible part of the target."""
+
+    class HalfUp:  # the MSE-optimal linear bridge for x = 0 (see the test above)
+        kind, adds_noise = "half", False
+
+        def __call__(self, u, k, generator=None):
+            return 0.5 * u
+
+    g = torch.Generator().manual_seed(1)
+    for k in (1, 2):
+        x_k = torch.zeros(64, 3, 4 * 2**k, 4 * 2**k)
+        sample = flow_sample(x_k, k, SCHED, HalfUp(), generator=g, detail=True)
+        e_prev, e_k = SCHED.end_sigmas[k - 1], SCHED.end_sigmas[k]
+        ratio = (e_prev - e_k) / (sample.sigma * e_prev + (1 - sample.sigma) * e_k)
+        assert torch.allclose(sample.target, ratio.view(-1, 1, 1, 1) * sample.z, atol=1e-5)

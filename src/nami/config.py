@@ -17,6 +17,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .flow.prediction import PREDICTIONS
+
 
 class ConfigError(ValueError):
     """A bad config value or input path; `key` names the config key (or file) at fault."""
@@ -91,6 +93,7 @@ class FlowConfig:
     stage_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     ratio_schedule: list[RatioPhase] = field(default_factory=list)  # empty: stage_ratios throughout
     caption_dropout: float = 0.1
+    prediction: str = "velocity"  # network output: velocity | data (x-prediction, same velocity loss; flow.prediction)
 
 
 @dataclass
@@ -145,6 +148,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 100
+    schedule: str = "constant"  # after warmup: constant | cosine (to 0 at trainer.max_steps)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
 
@@ -231,6 +235,7 @@ AUTOENCODER_KINDS = ("pixel", "diffusers_kl")
 BRIDGE_KINDS = ("scalar_bias", "conv1x1", "mlp", "cnn", "identity", "renoise")
 BRIDGE_SOLVERS = ("closed_form", "sgd")
 TIMESTEP_DENSITIES = ("logit_normal", "uniform")
+LR_SCHEDULES = ("constant", "cosine")
 DATA_FORMATS = ("auto", "webdataset", "parquet")
 STRATEGIES = ("auto", "ddp", "fsdp")
 SAMPLER_MODES = ("progressive", "no_nesting", "uniform")
@@ -318,6 +323,8 @@ def validate(cfg: NamiConfig) -> None:
         if any(b <= a for a, b in zip(snapped, snapped[1:])):
             raise ConfigError("flow.stage_range", f"two boundaries fall on one point of the {f.sigma_grid} grid")
     _check_choice("flow.timestep_density", f.timestep_density, TIMESTEP_DENSITIES)
+    _check_choice("flow.prediction", f.prediction, PREDICTIONS)
+    _check_choice("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
     if f.logit_std <= 0:
         raise ConfigError("flow.logit_std", f"must be > 0, got {f.logit_std}")
     if not 0.0 <= f.caption_dropout < 1.0:

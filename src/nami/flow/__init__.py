@@ -11,6 +11,7 @@ from .pyramid import (
     seeded_randn,
     up,
 )
+from .prediction import PREDICTIONS, velocity_from_output
 from .sampler import SampleTrace, VelocityFn, euler_stage, guided, initial_noise, progressive_sample
 from .schedule import PyramidSchedule
 from .training import (
@@ -51,4 +52,6 @@ __all__ = [
     "stage_endpoints",
     "stage_ratios_at",
     "up",
+    "PREDICTIONS",
+    "velocity_from_output",
 ]

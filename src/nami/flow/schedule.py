@@ -92,6 +92,16 @@ class PyramidSchedule:
         t_start, t_end = self.model_time_windows[k]
         return t_end + sigma_local * (t_start - t_end)
 
+    def local_sigma(self, k: int, model_time: torch.Tensor | float) -> torch.Tensor | float:
+        """Inverse of `model_time`: sigma' in stage k at model time T."""
+        t_start, t_end = self.model_time_windows[k]
+        return (model_time - t_end) / (t_start - t_end)
+
+    def global_sigma(self, k: int, sigma_local: torch.Tensor | float) -> torch.Tensor | float:
+        """Sigma on the whole path at local sigma' of stage k: e_k + sigma' (c_k - e_k)."""
+        start, end = self.start_sigmas[k], self.end_sigmas[k]
+        return end + sigma_local * (start - end)
+
     def summary(self) -> dict:
         """Plain numbers for `nami info` and logs."""
         return {

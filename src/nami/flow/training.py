@@ -54,17 +54,24 @@ def bridge_jump(
     bridge: Bridge,
     detail: bool = False,
     generator: Generators = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Start of stage k from the end of stage k-1: Bridge_k(Up(z)) [+ e_(k-1) x detail noise].
 
-    With `detail`, fresh full-resolution noise detail at the previous end's level e_(k-1) is added after the
-    bridge (see `detail_noise`): Up leaves a quarter of the degrees of freedom, so a deterministic jump hands
-    the next stage a start that its flow cannot turn into white noise at the finer resolution.
+    With `detail`, full-resolution noise detail at the previous end's level e_(k-1) is added after the bridge
+    (see `detail_noise`): Up leaves a quarter of the degrees of freedom, so a deterministic jump hands the next
+    stage a start that its flow cannot turn into white noise at the finer resolution. The detail is that of
+    `noise` when given: training passes the stage's own draw n^(k), whose detail the end point e_k n^(k) +
+    (1 - e_k) x^(k) carries too, so the path stays straight and its velocity predictable from z (independent
+    detail in start and end would leave an irreducible part in the target). Sampling draws it fresh.
     """
     start = bridge(up(z), k, generator=generator)
     if detail and not getattr(bridge, "adds_noise", False):
-        noise = detail_noise(start.shape, generator, device=start.device, dtype=start.dtype)
-        start = start + schedule.end_sigmas[k - 1] * noise
+        if noise is None:
+            band = detail_noise(start.shape, generator, device=start.device, dtype=start.dtype)
+        else:
+            band = noise - up(down(noise))
+        start = start + schedule.end_sigmas[k - 1] * band
     return start
 
 
@@ -90,7 +97,7 @@ def stage_endpoints(
     if getattr(bridge, "kind", None) == "renoise":
         return interpolate(up(down(x_k)), n_k, schedule.start_sigmas[k]), end
     prev_end = interpolate(down(x_k), noise_down(n_k), schedule.end_sigmas[k - 1])
-    return bridge_jump(prev_end, k, schedule, bridge, detail, generator), end
+    return bridge_jump(prev_end, k, schedule, bridge, detail, generator, noise=n_k), end
 
 
 @dataclass

@@ -56,7 +56,7 @@ class ProgressiveInferenceModule(L.LightningModule):
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self.model, self.text_encoder, self.autoencoder, self.bridge, self.schedule,
-                        self.cfg.latent_size, self.cfg.bridge.detail_noise)  # fmt: skip
+                        self.cfg.latent_size, self.cfg.bridge.detail_noise, self.cfg.flow.prediction)  # fmt: skip
 
     def steps(self) -> list[int]:
         """Per-stage steps, or the uniform baseline's single count."""

@@ -9,7 +9,7 @@ import torch
 
 from ..bridges import BridgeFlow
 from ..config import SAMPLER_MODES
-from ..flow import PyramidSchedule, SampleTrace, guided, initial_noise, progressive_sample, up
+from ..flow import PyramidSchedule, SampleTrace, guided, initial_noise, progressive_sample, up, velocity_from_output
 from ..models import Autoencoder, NestedMMDiT, TextEmbedding, TextEncoder
 
 
@@ -33,6 +33,7 @@ class Pipeline:
     schedule: PyramidSchedule
     latent_size: int  # full-stage latent side
     detail_noise: bool = False  # bridge.detail_noise: fresh noise detail after each bridge (flow.bridge_jump)
+    prediction: str = "velocity"  # flow.prediction: what the model outputs (flow.velocity_from_output)
 
     @property
     def device(self) -> torch.device:
@@ -42,12 +43,18 @@ class Pipeline:
         """Conditional embeddings followed by as many empty-prompt (unconditional) ones."""
         return self.text_encoder(list(prompts) + [""] * len(prompts)).to(self.device)
 
+    def schedule_for(self, mode: str) -> PyramidSchedule:
+        """The stages a mode samples over: uniform is one stage over [1000, 0]."""
+        return PyramidSchedule.uniform(self.schedule.num_train_timesteps) if mode == "uniform" else self.schedule
+
     def velocity(self, text: TextEmbedding, mode: str):
         """Batched (conditional; unconditional) velocity for the sampler."""
+        schedule = self.schedule_for(mode)
         depth = None if mode == "progressive" else self.model.num_blocks  # None: the model's own nesting
 
         def batched(z2, t2, k):
-            return self.model(z2, t2, text.states, text.mask, text.pooled, stage=k, depth=depth).float()
+            out = self.model(z2, t2, text.states, text.mask, text.pooled, stage=k, depth=depth)
+            return velocity_from_output(out, z2, k, t2, schedule, self.prediction).float()
 
         return batched
 
@@ -76,7 +83,7 @@ class Pipeline:
         [1000, 0] with every block and steps[0] steps; no_nesting: every block in every stage."""
         if mode not in SAMPLER_MODES:
             raise ValueError(f"mode must be one of {SAMPLER_MODES}, got {mode!r}")
-        schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps) if mode == "uniform" else self.schedule
+        schedule = self.schedule_for(mode)
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         generators = self.generators(seeds)
         noise = self.initial_noise(generators, schedule.num_stages)

@@ -21,6 +21,12 @@ from ..lit.precision import autocast_dtype
 from .cost import forward_cost, predicted_ratio
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work, so a wall-clock interval covers the kernels it launched."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _median_times(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median wall time per variant: one warm-up each, then `repeats` interleaved rounds."""
     for fn in variants.values():
@@ -28,8 +34,10 @@ def _median_times(variants: dict[str, Callable[[], object]], repeats: int) -> di
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            _synchronize()
             start = time.perf_counter()
             fn()
+            _synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -37,8 +45,13 @@ def _median_times(variants: dict[str, Callable[[], object]], repeats: int) -> di
 @torch.no_grad()
 def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = None, batch: int = 8,
                    repeats: int = 3) -> dict:  # fmt: skip
-    """Uniform (all blocks, full resolution), progressive and progressive-without-nesting sampling."""
+    """Uniform (all blocks, full resolution), progressive and progressive-without-nesting sampling.
+
+    Runs on the GPU when there is one and `trainer.accelerator` allows it, else on the CPU.
+    """
     module = module or ProgressiveInferenceModule(cfg)
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
+        module = module.to("cuda")
     pipe = module.pipeline()
     s = cfg.sampler
     prompts = [cfg.log.sample_prompts[i % len(cfg.log.sample_prompts)] for i in range(batch)]
@@ -47,11 +60,10 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     text = pipe.encode_prompts(prompts)
     encode_s = time.perf_counter() - start
     seeds = list(range(batch))
-    uniform_schedule = type(pipe.schedule).uniform(pipe.schedule.num_train_timesteps)
     noise = {k: pipe.initial_noise(pipe.generators(seeds), k) for k in (1, pipe.schedule.num_stages)}
 
     def run(mode: str):
-        schedule = uniform_schedule if mode == "uniform" else pipe.schedule
+        schedule = pipe.schedule_for(mode)
         steps = [s.uniform_steps] if mode == "uniform" else s.steps
         with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
             return progressive_sample(guided(pipe.velocity(text, mode), s.cfg), noise[schedule.num_stages],
@@ -64,7 +76,8 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     start = time.perf_counter()
     pipe.decode(final)
     decode_s = time.perf_counter() - start
-    report = {"batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps, "cfg": s.cfg,
+    device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu"
+    report = {"device": device, "batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps, "cfg": s.cfg,
               "uniform_s": times["uniform"], "text_encode_s": encode_s, "decode_s": decode_s}  # fmt: skip
     for mode, nesting in (("progressive", True), ("no_nesting", False)):
         report[mode] = {
@@ -149,7 +162,7 @@ def format_sampling(r: dict) -> str:
     """Human-readable bench_sampling report."""
     p, n = r["progressive"], r["no_nesting"]
     return "\n".join([
-        f"sampling, batch {r['batch']}, cfg {r['cfg']}: uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
+        f"sampling on {r['device']}, batch {r['batch']}, cfg {r['cfg']}: uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
         f"  progressive {'/'.join(map(str, r['steps']))}: {p['seconds']:.3f}s  ratio {p['measured_ratio']:.3f}"
         f" (predicted {p['predicted_ratio']:.3f})",
         f"  without nesting:   {n['seconds']:.3f}s  ratio {n['measured_ratio']:.3f} (predicted {n['predicted_ratio']:.3f})",

@@ -1,0 +1,40 @@
+"""What the network's output means: the velocity itself, or the clean data (x-prediction, as in JiT).
+
+Both are trained with the same velocity loss; `data` only reparameterises the output. On the path of stage k,
+z = sigma n + (1 - sigma) x with global sigma = e_k + sigma' (c_k - e_k), so the local velocity is
+
+    dz/dsigma' = (c_k - e_k) (n - x) = (c_k - e_k) (z - x) / sigma.
+
+With `data` the network outputs x_hat and v_hat = (c_k - e_k) (z - x_hat) / max(sigma, MIN_SIGMA). The skip
+path z / sigma is exact, so the network need not learn to copy the noise through itself: in pixel space it
+only draws the (flat, low-dimensional) image. For stages after a bridge the path is z = sigma n + (1 - sigma) x
+only up to the bridge's fit; any velocity is still reachable (x_hat = z - v sigma / (c_k - e_k)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedule import PyramidSchedule
+
+PREDICTIONS = ("velocity", "data")
+MIN_SIGMA = 0.05  # JiT's clamp: 1 / sigma would amplify the output's error without bound at the data end
+
+
+def velocity_from_output(
+    output: torch.Tensor,
+    z: torch.Tensor,
+    k: int,
+    model_time: torch.Tensor,
+    schedule: PyramidSchedule,
+    prediction: str = "velocity",
+) -> torch.Tensor:
+    """The stage-k velocity from the network's output at state z and model time (B,)."""
+    if prediction == "velocity":
+        return output
+    if prediction != "data":
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    width = schedule.start_sigmas[k] - schedule.end_sigmas[k]
+    sigma = schedule.global_sigma(k, schedule.local_sigma(k, model_time.to(torch.float32)))
+    sigma = sigma.clamp(min=MIN_SIGMA).view(-1, *([1] * (z.ndim - 1)))
+    return width * (z.float() - output.float()) / sigma

@@ -157,7 +157,7 @@ def cmd_bench_sampling(args: argparse.Namespace) -> int:
 
     cfg = load(args.config, args.overrides)
     module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt) if args.ckpt else None
-    report = bench_sampling(cfg, module, batch=args.batch, repeats=args.repeats)
+    report = bench_sampling(cfg, module, batch=args.batch or cfg.eval.batch_size, repeats=args.repeats)
     return _print(args, report, format_sampling)
 
 
@@ -205,7 +205,8 @@ def _add_bench_commands(sub):
     sampling = group.add_parser("sampling", help=cmd_bench_sampling.__doc__.splitlines()[0])
     _add_config_args(sampling)
     sampling.add_argument("--ckpt", help="trained weights (timing does not depend on them; default: random init)")
-    sampling.add_argument("--batch", type=_positive_int, default=8, help="images per sampling call")
+    sampling.add_argument("--batch", type=_positive_int, default=None,
+                          help="images per sampling call (default: eval.batch_size, the batch `nami eval` samples with)")
     sampling.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (median)")
     sampling.set_defaults(func=cmd_bench_sampling)
     training = group.add_parser("training", help=cmd_bench_training.__doc__.splitlines()[0])

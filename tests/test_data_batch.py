@@ -68,7 +68,7 @@ def islice_batches(spec, worker, n, workers=2):
 
 
 def test_pixel_groups_are_levels_of_the_data_pyramid(tmp_path):
-    cfg, spec = _stream(tmp_path, "data.batch_size=6")
+    cfg, spec = _stream(tmp_path, "data.batch_size=6", "flow.stage_ratios=[1,1,1]")
     full_spec = replace(spec, train=False, plan=replace(spec.plan, joint=False))
     joint_spec = replace(spec, train=False)  # centre crops so both streams see identical pixels
     full = next(ShardStream(full_spec).batches(0, 1, WorkerState()))
@@ -83,7 +83,7 @@ def test_pixel_groups_are_levels_of_the_data_pyramid(tmp_path):
 
 
 def test_online_autoencoder_gets_full_resolution_with_stage_ids(tmp_path):
-    cfg, spec = _stream(tmp_path, "data.batch_size=6")
+    cfg, spec = _stream(tmp_path, "data.batch_size=6", "flow.stage_ratios=[1,1,1]")
     spec = replace(spec, plan=replace(spec.plan, pooled=False))
     batch = next(ShardStream(spec).batches(0, 1, WorkerState()))
     assert not batch.pooled and batch.stages == [0, 1, 2]

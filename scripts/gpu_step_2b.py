@@ -84,7 +84,6 @@ def main() -> int:
     def step() -> float:
         torch.cuda.synchronize()
         start = time.perf_counter()
-        total = 0.0
         for k, (n, side) in enumerate(zip(counts, sides)):
             if n == 0:
                 continue
@@ -98,7 +97,6 @@ def main() -> int:
                 v = velocity_from_output(out, sample.z, k, sample.timestep, schedule, cfg.flow.prediction)
                 loss = F.mse_loss(v.float(), sample.target.float()) * n / sum(counts)
             loss.backward()  # per stage: only one stage's activations are alive at a time
-            total += float(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

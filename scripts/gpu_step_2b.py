@@ -19,19 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-
-def stage_counts(batch: int, ratios: list[float]) -> list[int]:
-    """Samples per stage: proportional to the ratios, the remainder to the largest fractions."""
-    raw = [batch * r / sum(ratios) for r in ratios]
-    counts = [int(x) for x in raw]
-    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: batch - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 def main() -> int:
@@ -49,9 +41,11 @@ def main() -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from data_modules.collate import stage_counts
     from nami.bridges import bridge_from_config
     from nami.config import load
     from nami.flow import PyramidSchedule, flow_sample, velocity_from_output
+    from nami.lit.precision import autocast_dtype
     from nami.models import build_model
 
     cfg = load(args.config, args.overrides)
@@ -78,7 +72,7 @@ def main() -> int:
     t = cfg.text_encoder
     counts = stage_counts(cfg.data.batch_size, list(cfg.flow.stage_ratios))
     sides = cfg.stage_latent_sizes()
-    dtype = torch.bfloat16 if cfg.trainer.precision in ("bf16-mixed", "auto") else None
+    dtype = autocast_dtype(cfg.trainer.precision, "gpu")
     params = sum(p.numel() for p in model.parameters())
 
     def step() -> float:

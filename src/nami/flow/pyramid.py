@@ -78,6 +78,11 @@ def block_noise(
     return (1.0 + gamma) ** 0.5 * (eps - mean) + max(1.0 - 3.0 * gamma, 0.0) ** 0.5 * mean
 
 
+def detail_band(x: torch.Tensor) -> torch.Tensor:
+    """x - Up(Down(x)): the part of a full-resolution tensor that Up of its coarser level cannot carry."""
+    return x - up(down(x))
+
+
 def detail_noise(
     shape: tuple[int, ...] | torch.Size,
     generator: Generators = None,
@@ -90,6 +95,5 @@ def detail_noise(
     and white noise splits as n = Up(Down(n)) + detail. A bridge fitted by MSE predicts the coarse part of its
     target's noise e_(k-1) n^(k) from Up(end_(k-1)) but never this part, which is independent of its input.
     """
-    eps = seeded_randn(shape, generator, device, dtype)
-    return eps - up(down(eps))
+    return detail_band(seeded_randn(shape, generator, device, dtype))
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from .pyramid import Generators, detail_noise, down, noise_down, up
+from .pyramid import Generators, detail_band, detail_noise, down, noise_down, up
 from .schedule import PyramidSchedule
 
 
@@ -70,7 +70,7 @@ def bridge_jump(
         if noise is None:
             band = detail_noise(start.shape, generator, device=start.device, dtype=start.dtype)
         else:
-            band = noise - up(down(noise))
+            band = detail_band(noise)
         start = start + schedule.end_sigmas[k - 1] * band
     return start
 

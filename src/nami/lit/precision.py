@@ -25,12 +25,16 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
+def uses_cuda(accelerator: str = "auto") -> bool:
+    """Whether `trainer.accelerator` selects a CUDA GPU here (auto: when there is one)."""
+    return accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """A Lightning precision string for `trainer.precision` (resolving `auto`)."""
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
+    return "bf16-mixed" if uses_cuda(accelerator) or cpu_has_native_bf16() else "32-true"
 
 
 def autocast_dtype(precision: str, accelerator: str = "auto") -> torch.dtype | None:

@@ -17,7 +17,7 @@ from ..config import NamiConfig
 from ..flow import bridge_jump, guided, progressive_sample, up
 from ..lit.inference import ProgressiveInferenceModule
 from ..lit.joint_flow import JointFlowModule
-from ..lit.precision import autocast_dtype
+from ..lit.precision import autocast_dtype, uses_cuda
 from .cost import forward_cost, predicted_ratio
 
 
@@ -50,7 +50,7 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     Runs on the GPU when there is one and `trainer.accelerator` allows it, else on the CPU.
     """
     module = module or ProgressiveInferenceModule(cfg)
-    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
+    if uses_cuda(cfg.trainer.accelerator):
         module = module.to("cuda")
     pipe = module.pipeline()
     s = cfg.sampler

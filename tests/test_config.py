@@ -31,7 +31,7 @@ def test_base_chain_and_overrides_compose(tmp_path):
     grandchild.write_text("base: child.yaml\nsampler:\n  cfg: 1.5\n")
     cfg = load(grandchild, ["model.heads=2", "seed=7"])
     assert (cfg.name, cfg.model.width, cfg.model.heads, cfg.sampler.cfg, cfg.seed) == ("child", 96, 2, 1.5, 7)
-    assert cfg.model.stage_depths == [2, 4, 6]  # inherited from tiny.yaml
+    assert cfg.model.stage_depths == [2, 3, 4]  # inherited from tiny.yaml
     assert load(EXPERIMENTS / "nami_0.6b.yaml").autoencoder.channels == 16  # from nami_2b.yaml
 
 

@@ -27,7 +27,7 @@ def shapes(tmp_path_factory):
 def test_the_ablation_set_is_complete():
     names = {p.stem for p in ABLATIONS}
     bridges = {f"bridge_{k}" for k in ("scalar_bias", "conv1x1", "mlp", "cnn", "renoise", "identity")}
-    others = {"uniform_baseline", "no_nesting", "sequential_training", "windows_2_1_1", "layers_front_loaded",
+    others = {"uniform_baseline", "no_nesting", "sequential_training", "windows_2_1_1", "layers_back_loaded",
               "ratio_schedule_on", "ratio_schedule_off"}  # fmt: skip
     assert bridges | others <= names
     for path in ABLATIONS:  # small overrides of one base, not copies

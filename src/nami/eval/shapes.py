@@ -43,7 +43,7 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
-SIZE_ONE = (0.40, 0.60)  # object side, fraction of the image side, alone (13-19 px at 32 px)
+SIZE_ONE = (0.50, 0.80)  # object side, fraction of the image side, alone (16-25 px at 32 px)
 SIZE_FEW = (0.30, 0.45)  # with two objects (room for a relation between them)
 SIZE_MANY = (0.25, 0.31)  # with three or four objects (counting): still >= 8 px at 32 px
 GAP = 0.04  # minimum gap between bounding boxes

@@ -12,7 +12,6 @@ from PIL import Image
 from nami.config import ConfigError, load
 from nami.lit.inference import ProgressiveInferenceModule, predict, read_weights
 from nami.lit.runner import pretrain_bridges, train
-from nami.perf import predicted_ratio
 
 from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command
 
@@ -104,8 +103,4 @@ def test_nami_eval_and_bench_report_json(run):
     for mode in ("progressive", "no_nesting"):
         assert bench[mode]["measured_ratio"] > 0 and 0 < bench[mode]["predicted_ratio"] < 1
     assert bench["progressive"]["predicted_ratio"] < bench["no_nesting"]["predicted_ratio"]
-    cfg = load(EXPERIMENTS / "tiny.yaml", args)  # predictions count the text columns the prompts use
-    assert 0 < bench["text_tokens"] <= cfg.text_encoder.max_length
-    expected = predicted_ratio(cfg, text_tokens=bench["text_tokens"])
-    assert bench["progressive"]["predicted_ratio"] == pytest.approx(expected)
     assert bench["uniform_s"] > 0 and bench["bridge_transition_s"] > 0 and bench["renoise_transition_s"] > 0

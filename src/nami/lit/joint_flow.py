@@ -17,7 +17,6 @@ from ..config import NamiConfig, to_dict
 from ..errors import RunStopped
 from ..flow import PyramidSchedule, flow_sample, velocity_from_output
 from ..models import build_autoencoder, build_model, build_text_encoder
-from ..models.layers import text_columns_used
 from ..perf import forward_cost, image_tokens
 from .batches import drop_captions, group_latents, step_generator
 from .pipeline import Pipeline
@@ -102,7 +101,7 @@ class JointFlowModule(L.LightningModule):
         cfg, f = self.cfg, self.cfg.flow
         gen = step_generator(cfg.seed, self.global_rank, self.global_step, self.device)
         cpu_gen = step_generator(cfg.seed, self.global_rank, self.global_step)
-        out, flops = [], 0
+        out = []
         for images, captions, k in zip(batch.images, batch.captions, batch.stages):
             if len(captions) == 0:
                 continue
@@ -115,8 +114,6 @@ class JointFlowModule(L.LightningModule):
             output = self.model(sample.z, sample.timestep, text.states, text.mask, text.pooled, stage=k)
             v = velocity_from_output(output, sample.z, k, sample.timestep, self.schedule, f.prediction)
             out.append((k, len(captions), F.mse_loss(v.float(), sample.target.float())))
-            flops += 3 * len(captions) * forward_cost(cfg, k, text_tokens=text_columns_used(text.mask)).total
-        self.flops_per_batch = flops  # forward + backward, read by Lightning's ThroughputMonitor
         return out
 
     def training_step(self, batch, batch_idx):
@@ -131,6 +128,7 @@ class JointFlowModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=total, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=total)
         self.tokens_in_batch = sum(n * image_tokens(self.cfg, k) for k, n, _ in per_stage)
+        self.flops_per_batch = 3 * sum(n * forward_cost(self.cfg, k).total for k, n, _ in per_stage)
         return loss
 
     def _first_nonfinite(self, losses: list[torch.Tensor], stages: list[int]) -> int | None:

@@ -85,22 +85,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return out.transpose(1, 2).flatten(2)
 
 
-def text_columns_used(mask: torch.Tensor) -> int:
-    """Token columns up to the last one that any row uses (at least 1): the rest are padding everywhere."""
-    used = mask.any(0).nonzero()
-    return int(used.max()) + 1 if used.numel() else 1
-
-
-def drop_padding_columns(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trim (B, L, D) text states and their (B, L) mask to the columns some row uses.
-
-    Padding is masked out of attention, so it changes no image token; a batch of short captions padded to
-    max_length would otherwise spend most of its text-stream work on it (GenEval-Shapes: 7-14 of 16 tokens).
-    """
-    n = text_columns_used(mask)
-    return (states[:, :n], mask[:, :n]) if n < mask.shape[1] else (states, mask)
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x * (1 + scale) + shift, with (B, D) modulation broadcast over tokens."""
     return x * (1 + scale[:, None]) + shift[:, None]

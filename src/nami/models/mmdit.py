@@ -21,7 +21,6 @@ from .layers import (
     QKNorm,
     apply_rope,
     attention,
-    drop_padding_columns,
     image_positions,
     modulate,
     rope_angles,
@@ -223,8 +222,6 @@ class NestedMMDiT(nn.Module):
         no-nesting ablation that runs every block in every stage.
         """
         depth = self.depth_for(stage) if depth is None else depth
-        if text_mask is not None:
-            text_states, text_mask = drop_padding_columns(text_states, text_mask)
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         img = self.img_in(self.patchify(x))
         txt = self.txt_in(text_states)

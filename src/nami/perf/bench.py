@@ -18,7 +18,6 @@ from ..flow import bridge_jump, guided, progressive_sample, up
 from ..lit.inference import ProgressiveInferenceModule
 from ..lit.joint_flow import JointFlowModule
 from ..lit.precision import autocast_dtype, uses_cuda
-from ..models.layers import text_columns_used
 from .cost import forward_cost, predicted_ratio
 
 
@@ -78,15 +77,13 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     pipe.decode(final)
     decode_s = time.perf_counter() - start
     device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu"
-    text_tokens = text_columns_used(text.mask)  # what the model keeps of the padded prompts
     report = {"device": device, "batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps, "cfg": s.cfg,
-              "text_tokens": text_tokens, "uniform_s": times["uniform"], "text_encode_s": encode_s,
-              "decode_s": decode_s}  # fmt: skip
+              "uniform_s": times["uniform"], "text_encode_s": encode_s, "decode_s": decode_s}  # fmt: skip
     for mode, nesting in (("progressive", True), ("no_nesting", False)):
         report[mode] = {
             "seconds": times[mode],
             "measured_ratio": times[mode] / times["uniform"],
-            "predicted_ratio": predicted_ratio(cfg, nesting=nesting, text_tokens=text_tokens),
+            "predicted_ratio": predicted_ratio(cfg, nesting=nesting),
         }
     report.update(transitions)
     report["bridge_share_of_progressive"] = transitions["bridge_transition_s"] / times["progressive"]
@@ -147,15 +144,10 @@ def bench_training(cfg: NamiConfig, repeats: int = 3) -> dict:
         optimizer.step()
 
     times = _median_times({name: (lambda b=b: step(b)) for name, b in batches.items()}, repeats)
-    def batch_cost(b) -> float:  # each group at the text columns the model keeps of its captions
-        total = 0
-        for captions, k in zip(b.captions, b.stages):
-            if captions:
-                used = text_columns_used(module.text_encoder(captions).mask)
-                total += len(captions) * forward_cost(cfg, k, text_tokens=used).total
-        return total
-
-    predicted = {name: batch_cost(b) for name, b in batches.items()}
+    predicted = {
+        name: sum(len(keys) * forward_cost(cfg, k).total for keys, k in zip(b.keys, b.stages))
+        for name, b in batches.items()
+    }
     return {
         "batch": cfg.data.batch_size,
         "stage_counts": [len(keys) for keys in batches["joint"].keys],

@@ -2,8 +2,7 @@
 
 Counts multiply-adds as 2 FLOPs in every matrix product (linear layers, QK^T and AV), like
 torch.utils.flop_counter; norms, RoPE, activations and the text encoder (run once per prompt, not per
-step) are left out. Text tokens are counted in attention and in the text stream's linears: max_length by
-default, or the columns a batch uses (the model drops padding that every row of a batch shares).
+step) are left out. Text tokens are counted in attention and in the text stream's linears.
 """
 
 from __future__ import annotations
@@ -36,16 +35,12 @@ def image_tokens(cfg: NamiConfig, stage: int) -> int:
     return side * side
 
 
-def forward_cost(
-    cfg: NamiConfig, stage: int, depth: int | None = None, text_tokens: int | None = None
-) -> ForwardCost:
-    """One forward at stage k's resolution through `depth` blocks (default: stage_depths[k]) and
-    `text_tokens` text tokens (default: text_encoder.max_length)."""
+def forward_cost(cfg: NamiConfig, stage: int, depth: int | None = None) -> ForwardCost:
+    """One forward at stage k's resolution through `depth` blocks (default: stage_depths[k])."""
     m = cfg.model
     d, hidden = m.width, int(m.width * m.mlp_ratio)
     patch_dim = cfg.autoencoder.channels * m.patch_size**2
-    n_img = image_tokens(cfg, stage)
-    n_txt = cfg.text_encoder.max_length if text_tokens is None else text_tokens
+    n_img, n_txt = image_tokens(cfg, stage), cfg.text_encoder.max_length
     n = n_img + n_txt
     if depth is None:
         depth = m.stage_depths[stage] if m.nesting else m.double_blocks + m.single_blocks
@@ -68,14 +63,13 @@ def forward_cost(
     return ForwardCost(n_img, n_txt, depth, 2 * linear, 2 * attention)
 
 
-def uniform_cost(cfg: NamiConfig, text_tokens: int | None = None) -> ForwardCost:
+def uniform_cost(cfg: NamiConfig) -> ForwardCost:
     """The uniform baseline's forward: full resolution, every block."""
     k = cfg.num_stages - 1
-    return forward_cost(cfg, k, cfg.model.double_blocks + cfg.model.single_blocks, text_tokens)
+    return forward_cost(cfg, k, cfg.model.double_blocks + cfg.model.single_blocks)
 
 
-def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = None, nesting: bool = True,
-                    text_tokens: int | None = None) -> float:  # fmt: skip
+def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = None, nesting: bool = True) -> float:
     """Progressive over uniform sampling time, taking time proportional to FLOPs.
 
     Progressive: sum_k N_k F_k (F_k with stage k's own depth, or every block when `nesting` is off);
@@ -84,9 +78,10 @@ def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = Non
     steps = list(cfg.sampler.steps if steps is None else steps)
     uniform_steps = cfg.sampler.uniform_steps if uniform_steps is None else uniform_steps
     total_blocks = cfg.model.double_blocks + cfg.model.single_blocks
-    depth = None if nesting else total_blocks
-    progressive = sum(n * forward_cost(cfg, k, depth, text_tokens).total for k, n in enumerate(steps))
-    return progressive / (uniform_steps * uniform_cost(cfg, text_tokens).total)
+    progressive = sum(
+        n * forward_cost(cfg, k, None if nesting else total_blocks).total for k, n in enumerate(steps)
+    )
+    return progressive / (uniform_steps * uniform_cost(cfg).total)
 
 
 def cost_summary(cfg: NamiConfig) -> dict:

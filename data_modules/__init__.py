@@ -8,7 +8,7 @@ vocabulary shared with the evaluator).
 
 The batch contract (what the training module consumes): every training batch is a `StageBatch` with K
 groups, one per stage, of static sizes within a ratio phase (largest-remainder split of data.batch_size by
-`nami.flow.stage_ratios_at(step, ...)`):
+`nami.flow.StageMix.ratios_at(step)`):
 
     images[k]    (n_k, 3, s, s) float32 in [-1, 1]. With autoencoder.kind == "pixel" (`pooled` True) s is
                  stage k's side, cfg.stage_latent_sizes()[k], already pooled with nami.flow.data_pyramid;

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nami.flow import data_pyramid, stage_ratios_at
+from nami.flow import StageMix, data_pyramid
 
 from .decode import Sample
 
@@ -74,8 +74,8 @@ class BatchPlan:
     resolution: int
     joint: bool = True  # split into stage groups (training); False: one full-resolution group
     pooled: bool = True  # pixel autoencoder: each group gets its own level of the data pyramid
-    stage_ratios: tuple[float, ...] = (1.0, 1.0, 1.0)
-    ratio_schedule: tuple = ()  # RatioPhase entries (start_step, ratios)
+    mix: StageMix = StageMix()  # the stage ratios in force at each step
+    stage_sides: tuple[int, ...] = ()  # pooled groups: image side of each stage (NamiConfig.stage_latent_sizes)
     batches_per_step: int = 1  # gradient accumulation: loader batches per optimizer step
 
     @classmethod
@@ -86,19 +86,19 @@ class BatchPlan:
             resolution=cfg.resolution,
             joint=joint,
             pooled=cfg.autoencoder.kind == "pixel",
-            stage_ratios=tuple(cfg.flow.stage_ratios),
-            ratio_schedule=tuple(cfg.flow.ratio_schedule),
+            mix=StageMix.from_config(cfg.flow),
+            stage_sides=tuple(cfg.stage_latent_sizes()),
             batches_per_step=batches_per_step,
         )
 
     def ratios_at(self, step: int) -> list[float]:
-        return stage_ratios_at(step, self.stage_ratios, self.ratio_schedule)
+        return self.mix.ratios_at(step)
 
     def side(self, stage: int) -> int:
         """Image side handed to `stage`'s group."""
         if not (self.joint and self.pooled):
             return self.resolution
-        return self.resolution // 2 ** (self.num_stages - 1 - stage)
+        return self.stage_sides[stage]
 
 
 def make_batch(

@@ -1,6 +1,6 @@
 """One GPU's FSDP2 bf16 training step of the real NAMI-2B shape with random weights: step time and peak memory.
 
-    python scripts/gpu_step_2b.py [--config experiments/nami_2b.yaml] [--steps 3] [--json] [key=value ...]
+    .venv/bin/python scripts/gpu_step_2b.py [--config experiments/nami_2b.yaml] [--steps 3] [--json] [key=value ...]
 
 What a rank of `make train-2b` holds and runs: the nested MM-DiT in float32 master weights, its EMA, AdamW state,
 every block and then the root wrapped by `fully_shard` (a world of one here), bf16 autocast and activation
@@ -17,13 +17,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
 
 
 def main() -> int:
@@ -44,9 +39,9 @@ def main() -> int:
     from data_modules.collate import stage_counts
     from nami.bridges import bridge_from_config
     from nami.config import load
-    from nami.flow import PyramidSchedule, flow_sample, velocity_from_output
+    from nami.flow import PyramidFlow
     from nami.lit.precision import autocast_dtype
-    from nami.models import build_model
+    from nami.models import TextEmbedding, build_model, model_fn
 
     cfg = load(args.config, args.overrides)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -67,10 +62,9 @@ def main() -> int:
         fully_shard(net, mesh=mesh)
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    schedule = PyramidSchedule.from_config(cfg.flow)
-    bridge = bridge_from_config(cfg).to(device).requires_grad_(False)
+    flow = PyramidFlow.from_config(cfg, bridge_from_config(cfg).to(device).requires_grad_(False))
     t = cfg.text_encoder
-    counts = stage_counts(cfg.data.batch_size, list(cfg.flow.stage_ratios))
+    counts = stage_counts(cfg.data.batch_size, flow.mix.ratios_at(0))
     sides = cfg.stage_latent_sizes()
     dtype = autocast_dtype(cfg.trainer.precision, "gpu")
     params = sum(p.numel() for p in model.parameters())
@@ -82,14 +76,11 @@ def main() -> int:
             if n == 0:
                 continue
             x = torch.randn(n, cfg.autoencoder.channels, side, side, device=device)
-            states = torch.randn(n, t.max_length, t.dim, device=device)
-            mask = torch.ones(n, t.max_length, dtype=torch.bool, device=device)
-            pooled = torch.randn(n, t.pooled_dim, device=device)
+            text = TextEmbedding(torch.randn(n, t.max_length, t.dim, device=device),
+                                 torch.ones(n, t.max_length, dtype=torch.bool, device=device),
+                                 torch.randn(n, t.pooled_dim, device=device))  # fmt: skip
             with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                sample = flow_sample(x, k, schedule, bridge, detail=cfg.bridge.detail_noise)
-                out = model(sample.z, sample.timestep, states, mask, pooled, stage=k)
-                v = velocity_from_output(out, sample.z, k, sample.timestep, schedule, cfg.flow.prediction)
-                loss = F.mse_loss(v.float(), sample.target.float()) * n / sum(counts)
+                loss = flow.training_losses(model_fn(model), [(k, x)], [text]).total * n / sum(counts)
             loss.backward()  # per stage: only one stage's activations are alive at a time
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
         optimizer.step()

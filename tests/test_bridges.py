@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from nami.bridges import (
-    BRIDGE_REGISTRY,
     bridge_mse,
     build_bridge,
     fit_closed_form,
@@ -21,6 +20,7 @@ from nami.bridges import (
 )
 from nami.config import ConfigError
 from nami.flow import PyramidSchedule, bridge_pair
+from nami.registry import BRIDGES
 
 SCHED = PyramidSchedule()
 SIZES = [4, 8, 16]
@@ -45,9 +45,9 @@ def _pixels(t):
 
 
 def test_registry_has_every_kind_and_each_maps_shapes():
-    assert set(BRIDGE_REGISTRY) == {"scalar_bias", "conv1x1", "mlp", "cnn", "identity", "renoise"}
+    assert set(BRIDGES.names()) == {"scalar_bias", "conv1x1", "mlp", "cnn", "identity", "renoise"}
     u = torch.randn(2, C, 8, 8)
-    for kind in BRIDGE_REGISTRY:
+    for kind in BRIDGES.names():
         bridge = build_bridge(kind, SCHED, C, SIZES)
         out = bridge(u, 1)
         assert out.shape == u.shape

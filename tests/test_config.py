@@ -28,9 +28,9 @@ def test_base_chain_and_overrides_compose(tmp_path):
     child = tmp_path / "child.yaml"
     child.write_text(f"base: {TINY}\nname: child\nmodel:\n  width: 96\n  heads: 3\n")
     grandchild = tmp_path / "grandchild.yaml"
-    grandchild.write_text("base: child.yaml\nsampler:\n  cfg: 1.5\n")
+    grandchild.write_text("base: child.yaml\nsampler:\n  guidance: 1.5\n")
     cfg = load(grandchild, ["model.heads=2", "seed=7"])
-    assert (cfg.name, cfg.model.width, cfg.model.heads, cfg.sampler.cfg, cfg.seed) == ("child", 96, 2, 1.5, 7)
+    assert (cfg.name, cfg.model.width, cfg.model.heads, cfg.sampler.guidance, cfg.seed) == ("child", 96, 2, 1.5, 7)
     assert cfg.model.stage_depths == [2, 3, 4]  # inherited from tiny.yaml
     assert load(EXPERIMENTS / "nami_0.6b.yaml").autoencoder.channels == 16  # from nami_2b.yaml
 

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from nami.config import load
-from nami.models import build_model, build_text_encoder
-from nami.perf import forward_cost, predicted_ratio
+from nami.models import build_model, build_text_encoder, forward_cost, predicted_ratio
 from nami.perf.flops import count_flops
 
 from .helpers import EXPERIMENTS, LEARNED_TEXT
@@ -35,7 +34,8 @@ def test_flop_model_matches_flop_counter_on_tiny(overrides):
 
 def test_predicted_ratio_is_the_step_weighted_flop_ratio(tiny_cfg):
     per_stage = [forward_cost(tiny_cfg, k).total for k in range(3)]
-    full = forward_cost(tiny_cfg, 2, tiny_cfg.model.double_blocks + tiny_cfg.model.single_blocks).total
+    full = forward_cost(tiny_cfg, 2, nested=False).total
+    assert forward_cost(tiny_cfg, 2, nested=False).blocks == tiny_cfg.model.num_blocks
     assert predicted_ratio(tiny_cfg, [10, 10, 10], 30) == pytest.approx(10 * sum(per_stage) / (30 * full))
     assert predicted_ratio(tiny_cfg, [10, 10, 10], 30, nesting=False) > predicted_ratio(tiny_cfg)
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from data_modules import BatchPlan, ShardStream, StreamSpec, WorkerState, resolve_shards, stage_counts
-from nami.config import RatioPhase
-from nami.flow import data_pyramid
+from nami.flow import StageMix, data_pyramid
 
 from .data_fixtures import data_cfg, simple_shards
 
@@ -37,8 +36,8 @@ def _stream(tmp_path, *overrides, sizes=(13, 11)):
 
 def test_ratio_schedule_follows_the_step_of_each_worker(tmp_path):
     cfg, spec = _stream(tmp_path, "data.batch_size=7")
-    schedule = (RatioPhase(0, [4.0, 2.0, 1.0]), RatioPhase(3, [1.0, 2.0, 4.0]))
-    spec = replace(spec, plan=replace(spec.plan, ratio_schedule=schedule))
+    mix = StageMix((1.0, 1.0, 1.0), ((0, (4.0, 2.0, 1.0)), (3, (1.0, 2.0, 4.0))))
+    spec = replace(spec, plan=replace(spec.plan, mix=mix))
     by_worker = [list(zip(range(4), ShardStream(spec).batches(w, 2, WorkerState()))) for w in range(2)]
     steps = {}
     for w, batches in enumerate(by_worker):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from nami.eval.shapes import BACKGROUND, CATEGORIES, COLORS, PALETTE, make_spec, render
 from nami.eval import detect, evaluate, prompt_set, score_detections, score_image
+from nami.eval.shapes import BACKGROUND, CATEGORIES, COLORS, PALETTE, make_spec, render
 
 SPECS = prompt_set(50)  # the `nami eval` default set at 32 px
 

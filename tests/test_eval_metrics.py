@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nami.eval.shapes import render
 from nami.config import load
 from nami.eval import clip_score, fid_score, load_feature_extractor, prompt_set
+from nami.eval.shapes import render
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Stage boundaries, corrected starts, model-time windows and renoise coefficients (DESIGN section 3)."""
+"""Stage boundaries, corrected starts and model-time windows (DESIGN section 3); renoise: test_bridges_renoise.py."""
 
 from __future__ import annotations
 
@@ -41,25 +41,6 @@ def test_corrected_start_formula_without_grid():
     s = 0.5  # 1 - original start
     s_prime = s / (math.sqrt(1 + 1 / 0.25) * (1 - s) + s)
     assert sched.start_sigmas[1] == pytest.approx(1 - s_prime, abs=1e-12)
-
-
-def test_renoise_coefficients_for_thirds():
-    assert THIRDS.renoise_coefficients(1) == pytest.approx((0.600, 0.693), abs=1e-3)
-    assert THIRDS.renoise_coefficients(2) == pytest.approx((0.750, 0.434), abs=1e-3)
-    with pytest.raises(IndexError):
-        THIRDS.renoise_coefficients(0)
-
-
-def test_renoise_lands_on_the_corrected_start():
-    # alpha Up(end_(k-1)) + beta n': data weight alpha (1 - e_(k-1)) must be 1 - c_k. Noise covariance per
-    # 2x2 block: (alpha e_(k-1))^2 11^T from Up, beta^2 ((1 + gamma) I - gamma 11^T) from n'; the 11^T parts
-    # cancel and beta^2 (1 + gamma) I = c_k^2 I is white noise at the corrected start.
-    for k in (1, 2):
-        alpha, beta = THIRDS.renoise_coefficients(k)
-        e_prev, c = THIRDS.end_sigmas[k - 1], THIRDS.start_sigmas[k]
-        assert alpha * (1 - e_prev) == pytest.approx(1 - c, abs=1e-12)
-        assert beta**2 * (1 + THIRDS.gamma) == pytest.approx(c**2, abs=1e-12)
-        assert beta**2 * THIRDS.gamma == pytest.approx((alpha * e_prev) ** 2, abs=1e-12)
 
 
 def test_model_time_maps_local_sigma_into_the_window():

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nami.bridges import Conv1x1Bridge, IdentityBridge, RenoiseBridge
+from nami.bridges import Conv1x1Bridge, IdentityBridge
 from nami.config import RatioPhase
 from nami.flow import (
     PyramidSchedule,
+    StageMix,
     bridge_pair,
     down,
     flow_sample,
     noise_down,
-    sample_local_sigma,
+    sample_sigma_local,
     stage_endpoints,
-    stage_ratios_at,
     up,
 )
 
@@ -36,13 +36,13 @@ def test_input_is_start_at_sigma_one_and_end_at_sigma_zero(k):
     x = torch.randn(4, 3, SIZES[k], SIZES[k])
     n = torch.randn_like(x)
     bridge = _random_conv_bridge()
-    at_one = flow_sample(x, k, SCHED, bridge, sigma=torch.ones(4), noise=n)
-    at_zero = flow_sample(x, k, SCHED, bridge, sigma=torch.zeros(4), noise=n)
+    at_one = flow_sample(x, k, SCHED, bridge, sigma_local=torch.ones(4), noise=n)
+    at_zero = flow_sample(x, k, SCHED, bridge, sigma_local=torch.zeros(4), noise=n)
     assert torch.equal(at_one.z, at_one.start) and torch.equal(at_zero.z, at_zero.end)
     assert torch.equal(at_one.target, at_one.start - at_one.end)
     t_start, t_end = SCHED.model_time_windows[k]
-    assert at_one.timestep.tolist() == pytest.approx([t_start] * 4)
-    assert at_zero.timestep.tolist() == pytest.approx([t_end] * 4)
+    assert at_one.model_time.tolist() == pytest.approx([t_start] * 4)
+    assert at_zero.model_time.tolist() == pytest.approx([t_end] * 4)
 
 
 def test_endpoints_follow_the_design_formulas():
@@ -63,24 +63,16 @@ def test_endpoints_follow_the_design_formulas():
     assert torch.allclose(start2, bridge(up(end1), 2), atol=1e-6)
 
 
-def test_renoise_start_is_pyramid_flows_corrected_start():
-    x = torch.randn(2, 3, 8, 8)
-    n = torch.randn_like(x)
-    start, _ = stage_endpoints(x, n, 1, SCHED, RenoiseBridge(SCHED, 3, SIZES))
-    c = SCHED.start_sigmas[1]
-    assert torch.allclose(start, c * n + (1 - c) * up(down(x)), atol=1e-6)
-
-
 def test_single_stage_is_plain_rectified_flow():
     uniform = PyramidSchedule.uniform()
     x = torch.randn(5, 3, 16, 16)
     n = torch.randn_like(x)
     sigma = torch.rand(5)
-    sample = flow_sample(x, 0, uniform, None, sigma=sigma, noise=n)
+    sample = flow_sample(x, 0, uniform, None, sigma_local=sigma, noise=n)
     s = sigma.view(-1, 1, 1, 1)
     assert torch.allclose(sample.z, (1 - s) * x + s * n, atol=1e-6)
     assert torch.allclose(sample.target, n - x, atol=1e-6)
-    assert torch.allclose(sample.timestep, 1000 * sigma, atol=1e-4)
+    assert torch.allclose(sample.model_time, 1000 * sigma, atol=1e-4)
 
 
 def test_bridge_pair_targets_the_same_noise_level_one_resolution_up():
@@ -99,23 +91,27 @@ def test_bridge_pair_targets_the_same_noise_level_one_resolution_up():
 
 def test_timestep_densities():
     g = torch.Generator().manual_seed(0)
-    s = sample_local_sigma(200_000, "logit_normal", 0.0, 1.0, g)
+    s = sample_sigma_local(200_000, "logit_normal", 0.0, 1.0, g)
     logits = torch.log(s / (1 - s))
     assert abs(logits.mean().item()) < 0.01 and abs(logits.std().item() - 1) < 0.01
-    shifted = sample_local_sigma(200_000, "logit_normal", 1.0, 0.5, g)
+    shifted = sample_sigma_local(200_000, "logit_normal", 1.0, 0.5, g)
     assert abs(torch.log(shifted / (1 - shifted)).mean().item() - 1.0) < 0.01
-    u = sample_local_sigma(200_000, "uniform", generator=g)
+    u = sample_sigma_local(200_000, "uniform", generator=g)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
-    with pytest.raises(ValueError):
-        sample_local_sigma(2, "cosine")
+    with pytest.raises(ValueError, match="flow.timestep_density"):
+        sample_sigma_local(2, "cosine")
 
 
 def test_ratio_schedule_phases():
+    from nami.config import FlowConfig
+
     phases = [RatioPhase(0, [4, 2, 1]), RatioPhase(100, [2, 4, 1]), RatioPhase(200, [1, 2, 4])]
-    assert stage_ratios_at(0, [1, 1, 1], phases) == [4, 2, 1]
-    assert stage_ratios_at(150, [1, 1, 1], phases) == [2, 4, 1]
-    assert stage_ratios_at(10_000, [1, 1, 1], phases) == [1, 2, 4]
-    assert stage_ratios_at(50, [1, 1, 1], []) == [1, 1, 1]
+    mix = StageMix.from_config(FlowConfig(stage_ratios=[1, 1, 1], ratio_schedule=phases))
+    assert mix.ratios_at(0) == [4, 2, 1]
+    assert mix.ratios_at(150) == [2, 4, 1]
+    assert mix.ratios_at(10_000) == [1, 2, 4]
+    assert StageMix((1, 1, 1)).ratios_at(50) == [1, 1, 1]
+    assert mix.all_ratios() == [[1, 1, 1], [4, 2, 1], [2, 4, 1], [1, 2, 4]]
 
 
 def test_detail_noise_jump_restores_white_noise_at_the_previous_level():
@@ -130,7 +126,7 @@ def test_detail_noise_jump_restores_white_noise_at_the_previous_level():
     assert torch.allclose(bridge.weight[0], 0.5 * torch.eye(3), atol=0.02)
     n = torch.randn(x.shape, generator=g)
     plain, _ = stage_endpoints(x, n, 1, SCHED, bridge)
-    start, _ = stage_endpoints(x, n, 1, SCHED, bridge, detail=True, generator=g)
+    start, _ = stage_endpoints(x, n, 1, SCHED, bridge, detail=True)
     e0 = SCHED.end_sigmas[0]
     assert torch.allclose(down(start), down(plain), atol=1e-5)  # only block-zero-sum detail was added
     assert abs(plain.var().item() - e0**2 / 4) < 0.01  # a quarter of the variance the target has
@@ -154,5 +150,5 @@ def test_detail_noise_in_training_is_the_stage_noise_so_the_velocity_is_predicta
         x_k = torch.zeros(64, 3, 4 * 2**k, 4 * 2**k)
         sample = flow_sample(x_k, k, SCHED, HalfUp(), generator=g, detail=True)
         e_prev, e_k = SCHED.end_sigmas[k - 1], SCHED.end_sigmas[k]
-        ratio = (e_prev - e_k) / (sample.sigma * e_prev + (1 - sample.sigma) * e_k)
+        ratio = (e_prev - e_k) / (sample.sigma_local * e_prev + (1 - sample.sigma_local) * e_k)
         assert torch.allclose(sample.target, ratio.view(-1, 1, 1, 1) * sample.z, atol=1e-5)

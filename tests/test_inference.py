@@ -85,7 +85,7 @@ def test_nami_sample_writes_images_and_stage_strips(run, tmp_path):
     assert (out / "grid.png").is_file()
 
 
-def test_nami_eval_and_bench_report_json(run):
+def test_nami_eval_reports_one_json_object(run):
     args, run_dir, _ = run
     result = subprocess.run(nami_command("eval", EXPERIMENTS / "tiny.yaml", *args, "--ckpt", run_dir, "--num", "2",
                                          "eval.batch_size=5", "--json"), capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -96,6 +96,9 @@ def test_nami_eval_and_bench_report_json(run):
     assert scores["overall"] == pytest.approx(sum(scores[c] for c in categories) / 6)
     assert any("FID skipped" in n for n in scores["notices"])
 
+
+def test_nami_bench_sampling_reports_ratios_beside_the_flop_model(run):
+    args, run_dir, _ = run
     result = subprocess.run(nami_command("bench", "sampling", EXPERIMENTS / "tiny.yaml", *args, "--batch", "2",
                                          "--repeats", "1", "--json"), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -49,25 +49,37 @@ def test_pretrain_bridge_beats_identity_on_heldout(tmp_path, shapes):
     assert elapsed < 60, f"bridge pretraining took {elapsed:.1f}s"
 
 
-def test_train_writes_checkpoints_tensorboard_and_weights(tmp_path, shapes):
-    cfg = tiny(tmp_path, shapes, "trainer.max_steps=3", "trainer.checkpoint_every=2", "trainer.log_every_n_steps=1")
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shapes):
+    """Bridges fitted, then 3 training steps with a checkpoint every 2 steps and a log line every step."""
+    root = tmp_path_factory.mktemp("trained")
+    cfg = tiny(root, shapes, "trainer.max_steps=3", "trainer.checkpoint_every=2", "trainer.log_every_n_steps=1")
     pretrain_bridges(cfg)
-    run = train(cfg)
-    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    return train(cfg)
+
+
+def test_train_writes_periodic_and_final_checkpoints(trained_run):
+    ckpts = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
     assert ckpts == ["step00000002.ckpt", "step00000003.ckpt"]
-    state = torch.load(run / "checkpoints" / "step00000003.ckpt", weights_only=True, map_location="cpu")
+    state = torch.load(trained_run / "checkpoints" / "step00000003.ckpt", weights_only=True, map_location="cpu")
     assert state["global_step"] == 3 and any(k.startswith("ema.model.") for k in state["state_dict"])
-    scalars = tensorboard_scalars(run / "tb")
+
+
+def test_train_logs_losses_throughput_and_sample_grids(trained_run):
+    scalars = tensorboard_scalars(trained_run / "tb")
     for tag in ("train/loss", "train/loss_stage0", "train/loss_stage1", "train/loss_stage2", "train/lr"):
         assert len(scalars[tag]) == 3, (tag, scalars.get(tag))
     # Lightning's ThroughputMonitor: samples/s and image tokens/s ("items"), FLOP/s from the cost model
     for tag in ("train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec"):
         assert tag in scalars, sorted(scalars)
-    assert "samples/stages" in tensorboard_image_tags(run / "tb")
-    weights = load_file(run / "weights.safetensors")
+    assert "samples/stages" in tensorboard_image_tags(trained_run / "tb")
+    assert (trained_run / "samples" / "step00000003.png").is_file()
+
+
+def test_train_exports_finite_ema_weights(trained_run):
+    weights = load_file(trained_run / "weights.safetensors")
     assert any(k.startswith("model.double_blocks.0.") for k in weights)
     assert all(torch.isfinite(w).all() for w in weights.values())
-    assert (run / "samples" / "step00000003.png").is_file()
 
 
 def test_learnable_bridge_without_weights_names_the_key(tmp_path, shapes):
@@ -85,7 +97,7 @@ class NaNAtStep2(JointFlowModule):
         out = super().stage_losses(batch)
         if self.global_step == 2 and not self.injected:
             self.injected = True
-            out = [(k, n, loss * float("nan") if k == 1 else loss) for k, n, loss in out]
+            out.losses = [loss * float("nan") if k == 1 else loss for k, loss in zip(out.stages, out.losses)]
         return out
 
 

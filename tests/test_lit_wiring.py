@@ -75,19 +75,3 @@ def test_nami_2b_config_trains_with_vae_t5_and_clip(tmp_path, tiny_models):
     assert set(report["heldout_mse"]["conv1x1"]) == {"transition_1", "transition_2"}
     run = train(cfg)
     assert (run / "weights.safetensors").is_file() and (run / "checkpoints" / "step00000002.ckpt").exists()
-
-
-def test_learning_rate_schedules():
-    """Linear warmup to the peak, then constant, or a cosine that reaches 0 at trainer.max_steps."""
-    import math
-
-    from nami.lit.joint_flow import lr_factor
-
-    assert [lr_factor(s, 4, 100) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
-    cosine = [lr_factor(s, 4, 104, "cosine") for s in range(110)]
-    assert cosine[:4] == [0.25, 0.5, 0.75, 1.0] and cosine[4] == 1.0
-    assert cosine[54] == pytest.approx(0.5) and cosine[104] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(cosine[4:], cosine[5:]))  # never rises after warmup
-    assert cosine[-1] == 0.0 and not math.isnan(lr_factor(0, 0, 0, "cosine"))
-    with pytest.raises(ConfigError, match="optim.schedule"):
-        load(EXPERIMENTS / "tiny.yaml", ["optim.schedule=linear"])

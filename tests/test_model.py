@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nami.config import load
 from nami.models import build_model, build_text_encoder
 from nami.models.layers import apply_rope, image_positions, rope_angles
 from nami.perf import parameter_counts
+
+from .helpers import EXPERIMENTS, LEARNED_TEXT
 
 
 def _randomize(model):
@@ -39,8 +42,10 @@ def test_stage_k_runs_exactly_its_depth(tiny_cfg):
         assert calls == list(range(depth))
     calls.clear()
     x, t, emb = _inputs(tiny_cfg, 0)
-    model(x, t, emb.states, emb.mask, emb.pooled, stage=0, depth=model.num_blocks)  # no-nesting ablation
+    model(x, t, emb.states, emb.mask, emb.pooled, stage=None)  # sampling without nesting: every block
     assert calls == list(range(model.num_blocks))
+    flat = build_model(load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "model.nesting=false"]))
+    assert flat.stage_depths == [flat.num_blocks] * 3  # the no-nesting ablation trains every block everywhere
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])

@@ -1,17 +1,44 @@
-"""The README's library example runs as written."""
+"""The README's library example runs as written and computes what `nami train` and `nami sample` compute."""
 
 from __future__ import annotations
 
 import re
 
+import torch
+
 from .helpers import REPO
 
 
-def test_readme_python_example_runs():
+def _example() -> dict:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks, "README lost its python example"
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
-    assert namespace["image"].shape == (1, 3, 32, 32)
-    assert namespace["loss"].item() > 0
+    return namespace
+
+
+def test_readme_loss_is_the_training_step_loss():
+    from data_modules.collate import StageBatch
+    from nami.lit.joint_flow import JointFlowModule
+
+    ns = _example()
+    cfg, parts, flow = ns["cfg"], ns["parts"], ns["flow"]
+    assert ns["loss"].item() > 0
+    k_all = list(range(flow.num_stages))
+    images = [flow.stage_latents(ns["images"][2 * k : 2 * k + 2], k) for k in k_all]
+    captions = [ns["captions"][2 * k : 2 * k + 2] for k in k_all]
+    batch = StageBatch(images, captions, captions, [[{}, {}]] * 3, [[0, 0]] * 3, k_all, 0, [1.0] * 3, True)
+    module = JointFlowModule(cfg, parts)  # global step 0, rank 0: the generators the example used
+    assert torch.equal(module.stage_losses(batch).total, ns["loss"])
+
+
+def test_readme_sample_is_the_pipeline_sample():
+    from nami.lit.pipeline import Pipeline
+
+    ns = _example()
+    cfg = ns["cfg"]
+    assert ns["image"].shape == (1, 3, 32, 32)
+    pipeline = Pipeline.from_parts(ns["parts"], cfg.latent_size)
+    images = pipeline.sample(ns["prompts"], cfg.sampler.steps, cfg.sampler.guidance, seed=0).images
+    assert torch.equal(images, ns["image"])

@@ -100,8 +100,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.steps:
         overrides.append(f"sampler.steps=[{args.steps}]")
-    if args.cfg is not None:
-        overrides.append(f"sampler.cfg={args.cfg}")
+    if args.guidance is not None:
+        overrides.append(f"sampler.guidance={args.guidance}")
     cfg = load(args.config, overrides)
     module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt, keep_stages=args.stages)
     result = predict(module, args.prompt, seed=args.seed, batch_size=args.batch_size)
@@ -137,7 +137,8 @@ def _add_training_commands(sub) -> None:
     sample.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     sample.add_argument("--out", help="output directory (default runs/<name>/samples/cli)")
     sample.add_argument("--steps", help="per-stage Euler steps, e.g. 10,10,10 (sets sampler.steps)")
-    sample.add_argument("--cfg", type=float, help="classifier-free guidance scale (sets sampler.cfg)")
+    sample.add_argument("--guidance", "--cfg", type=float, dest="guidance",
+                        help="classifier-free guidance scale (sets sampler.guidance)")
     sample.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     sample.add_argument("--stages", action="store_true", help="also write each stage's start and end")
     sample.add_argument("--batch-size", type=_positive_int, default=16)

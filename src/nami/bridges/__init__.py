@@ -1,8 +1,16 @@
 """BridgeFlow variants between stages, a registry by name, fitting and safetensors I/O."""
 
 from . import linear, nonlinear, renoise  # noqa: F401  (registers the kinds)
-from .base import BRIDGE_REGISTRY, BridgeFlow, build_bridge, register
-from .fit import all_reduce_moments, bridge_mse, fit_closed_form, fit_sgd
+from .base import BridgeFlow, build_bridge, register
+from .fit import (
+    ClosedFormFit,
+    all_reduce_moments,
+    bridge_mse,
+    fit_closed_form,
+    fit_sgd,
+    pairs_loss,
+    squared_errors,
+)
 from .io import load_bridges, save_bridges
 from .linear import Conv1x1Bridge, IdentityBridge, ScalarBiasBridge
 from .nonlinear import CNNBridge, MLPBridge
@@ -23,8 +31,8 @@ def bridge_from_config(cfg) -> BridgeFlow:
 
 
 __all__ = [
-    "BRIDGE_REGISTRY",
     "BridgeFlow",
+    "ClosedFormFit",
     "CNNBridge",
     "Conv1x1Bridge",
     "IdentityBridge",
@@ -38,6 +46,8 @@ __all__ = [
     "fit_closed_form",
     "fit_sgd",
     "load_bridges",
+    "pairs_loss",
     "register",
     "save_bridges",
+    "squared_errors",
 ]

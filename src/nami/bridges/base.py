@@ -8,17 +8,15 @@ import torch
 from torch import nn
 
 from ..flow import Generators, PyramidSchedule
-
-BRIDGE_REGISTRY: dict[str, type["BridgeFlow"]] = {}
+from ..registry import BRIDGES
 
 
 def register(kind: str) -> Callable[[type["BridgeFlow"]], type["BridgeFlow"]]:
-    """Class decorator: make a BridgeFlow kind buildable by name from a config."""
+    """Class decorator: make a BridgeFlow kind buildable by name from a config (`bridge.kind`)."""
 
     def wrap(cls: type[BridgeFlow]) -> type[BridgeFlow]:
         cls.kind = kind
-        BRIDGE_REGISTRY[kind] = cls
-        return cls
+        return BRIDGES.register(kind)(cls)
 
     return wrap
 
@@ -63,6 +61,4 @@ def build_bridge(
     kind: str, schedule: PyramidSchedule, channels: int, stage_sizes: list[int], hidden: int = 64
 ) -> BridgeFlow:
     """Instantiate a registered kind."""
-    if kind not in BRIDGE_REGISTRY:
-        raise KeyError(f"unknown bridge kind {kind!r}; registered: {', '.join(sorted(BRIDGE_REGISTRY))}")
-    return BRIDGE_REGISTRY[kind](schedule, channels, stage_sizes, hidden)
+    return BRIDGES[kind](schedule, channels, stage_sizes, hidden)

@@ -1,4 +1,8 @@
-"""Fitting BridgeFlow: one-pass closed form for linear kinds, AdamW for any kind, and held-out MSE."""
+"""Fitting BridgeFlow: one-pass closed form for linear kinds, AdamW for any kind, and held-out errors.
+
+`BridgePretrainModule` (lit/) and the notebooks fit through these; the module only decides which batches
+fit and which score.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch.nn.functional as F
 from .base import BridgeFlow
 from .linear import Moments
 
-# (u, y, k): bridge input Up(end_(k-1)), its MSE target, and the transition index (flow.bridge_pair)
+# (u, y, k): bridge input Up(end_(k-1)), its MSE target, and the transition index (PyramidFlow.bridge_pairs)
 Pair = tuple[torch.Tensor, torch.Tensor, int]
 
 
@@ -31,17 +35,36 @@ def all_reduce_moments(moments: Moments) -> Moments:
     return moments
 
 
+class ClosedFormFit:
+    """Streams pairs into the bridge's least-squares moments; `solve` sums them over ranks and solves once."""
+
+    def __init__(self, bridge: BridgeFlow):
+        if not bridge.closed_form:
+            raise ValueError(f"bridge kind {bridge.kind!r} has no closed-form fit; use SGD")
+        self.bridge = bridge
+        self.moments = bridge.new_moments()
+
+    @torch.no_grad()
+    def add(self, pairs: Iterable[Pair]) -> None:
+        for u, y, k in pairs:
+            self.bridge.accumulate(self.moments, u, y, k)
+
+    def solve(self, ridge: float = 0.0) -> Moments:
+        all_reduce_moments(self.moments)
+        self.bridge.solve(self.moments, ridge)
+        return self.moments
+
+
 def fit_closed_form(bridge: BridgeFlow, pairs: Iterable[Pair], ridge: float = 0.0) -> Moments:
     """Accumulate first and second moments over `pairs` (and ranks), then solve least squares once."""
-    if not bridge.closed_form:
-        raise ValueError(f"bridge kind {bridge.kind!r} has no closed-form fit; use SGD")
-    moments = bridge.new_moments()
-    with torch.no_grad():
-        for u, y, k in pairs:
-            bridge.accumulate(moments, u, y, k)
-    all_reduce_moments(moments)
-    bridge.solve(moments, ridge)
-    return moments
+    fit = ClosedFormFit(bridge)
+    fit.add(pairs)
+    return fit.solve(ridge)
+
+
+def pairs_loss(bridge: BridgeFlow, pairs: list[Pair]) -> torch.Tensor:
+    """Mean over `pairs` of each pair's MSE (the SGD objective: every transition weighs alike)."""
+    return sum(F.mse_loss(bridge(u, k), y) for u, y, k in pairs) / len(pairs)
 
 
 def fit_sgd(bridge: BridgeFlow, pairs: Iterator[Pair], steps: int, lr: float = 1e-3) -> list[float]:
@@ -49,8 +72,7 @@ def fit_sgd(bridge: BridgeFlow, pairs: Iterator[Pair], steps: int, lr: float = 1
     optimizer = torch.optim.AdamW(bridge.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     for _ in range(steps):
-        u, y, k = next(pairs)
-        loss = F.mse_loss(bridge(u, k), y)
+        loss = pairs_loss(bridge, [next(pairs)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -59,12 +81,19 @@ def fit_sgd(bridge: BridgeFlow, pairs: Iterator[Pair], steps: int, lr: float = 1
 
 
 @torch.no_grad()
-def bridge_mse(bridge: BridgeFlow, pairs: Iterable[Pair], generator: torch.Generator | None = None) -> dict[int, float]:
-    """Mean squared error per transition over `pairs` (element-weighted); `generator` seeds renoise's noise."""
-    sums: dict[int, float] = {}
-    counts: dict[int, int] = {}
+def squared_errors(
+    bridge: BridgeFlow, pairs: Iterable[Pair], generator: torch.Generator | None = None
+) -> dict[int, tuple[torch.Tensor, int]]:
+    """Per transition k: (sum of squared errors as a float64 tensor, element count) over `pairs`;
+    `generator` seeds the noise of kinds that draw it (renoise)."""
+    out: dict[int, tuple[torch.Tensor, int]] = {}
     for u, y, k in pairs:
-        out = bridge(u, k, generator=generator).float()
-        sums[k] = sums.get(k, 0.0) + F.mse_loss(out, y.float(), reduction="sum").item()
-        counts[k] = counts.get(k, 0) + y.numel()
-    return {k: sums[k] / counts[k] for k in sorted(sums)}
+        sse = F.mse_loss(bridge(u, k, generator=generator).float(), y.float(), reduction="sum").double()
+        prev, count = out.get(k, (0.0, 0))
+        out[k] = (prev + sse, count + y.numel())
+    return out
+
+
+def bridge_mse(bridge: BridgeFlow, pairs: Iterable[Pair], generator: torch.Generator | None = None) -> dict[int, float]:
+    """Mean squared error per transition over `pairs` (element-weighted)."""
+    return {k: (sse / n).item() for k, (sse, n) in sorted(squared_errors(bridge, pairs, generator).items())}

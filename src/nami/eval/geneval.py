@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .shapes import CATEGORIES, make_spec, relation_holds
-
 from .detection import detect
+from .shapes import CATEGORIES, make_spec, relation_holds
 
 
 def prompt_set(per_category: int, seed: int = 1000, resolution: int = 32) -> list[dict[str, Any]]:

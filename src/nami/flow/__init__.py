@@ -1,9 +1,21 @@
-"""The math of multi-stage rectified flow (no Lightning, no I/O), after SiT's `transport/`."""
+"""The math of multi-stage rectified flow (no Lightning, no I/O), after SiT's `transport/`.
 
+`PyramidFlow` owns it: built once from a config (`PyramidFlow.from_config(cfg, bridge)`), it gives the training
+loss and the sampler for a network passed in as a function. The modules below hold one equation each:
+pyramid.py (Down/Up, data and noise pyramids, block and detail noise), schedule.py (stage boundaries and
+model-time windows), densities.py (in-window sigma'), prediction.py (output -> velocity), training.py
+(start/end points, flow samples, bridge pairs, stage mix), grids.py (sampler timestep grids), sampler.py
+(Euler stage, stage-0 noise).
+"""
+
+from .densities import sample_sigma_local
+from .grids import StageGrid, stage_grid
+from .prediction import velocity_from_output
 from .pyramid import (
     Generators,
     block_noise,
     data_pyramid,
+    detail_band,
     detail_noise,
     down,
     noise_down,
@@ -11,47 +23,49 @@ from .pyramid import (
     seeded_randn,
     up,
 )
-from .prediction import PREDICTIONS, velocity_from_output
-from .sampler import SampleTrace, VelocityFn, euler_stage, guided, initial_noise, progressive_sample
+from .pyramid_flow import ModelFn, PyramidFlow, StageLosses
+from .sampler import SampleTrace, VelocityFn, euler_stage, initial_noise
 from .schedule import PyramidSchedule
 from .training import (
     Bridge,
     FlowSample,
+    StageMix,
     bridge_jump,
     bridge_pair,
     flow_sample,
     interpolate,
-    sample_local_sigma,
     stage_endpoints,
-    stage_ratios_at,
 )
 
 __all__ = [
     "Bridge",
     "FlowSample",
-    "bridge_jump",
+    "Generators",
+    "ModelFn",
+    "PyramidFlow",
     "PyramidSchedule",
     "SampleTrace",
+    "StageGrid",
+    "StageLosses",
+    "StageMix",
     "VelocityFn",
-    "Generators",
     "block_noise",
+    "bridge_jump",
     "bridge_pair",
     "data_pyramid",
+    "detail_band",
     "detail_noise",
-    "seeded_randn",
     "down",
     "euler_stage",
     "flow_sample",
-    "guided",
     "initial_noise",
     "interpolate",
     "noise_down",
     "noise_pyramid",
-    "progressive_sample",
-    "sample_local_sigma",
+    "sample_sigma_local",
+    "seeded_randn",
     "stage_endpoints",
-    "stage_ratios_at",
+    "stage_grid",
     "up",
-    "PREDICTIONS",
     "velocity_from_output",
 ]

@@ -9,32 +9,39 @@ With `data` the network outputs x_hat and v_hat = (c_k - e_k) (z - x_hat) / max(
 path z / sigma is exact, so the network need not learn to copy the noise through itself: in pixel space it
 only draws the (flat, low-dimensional) image. For stages after a bridge the path is z = sigma n + (1 - sigma) x
 only up to the bridge's fit; any velocity is still reachable (x_hat = z - v sigma / (c_k - e_k)).
+
+Each kind is registered under its `flow.prediction` name and called as
+kind(output, z, sigma, width) -> velocity, with sigma the global sigma (B,) and width = c_k - e_k.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .schedule import PyramidSchedule
+from ..registry import PREDICTIONS
 
-PREDICTIONS = ("velocity", "data")
 MIN_SIGMA = 0.05  # JiT's clamp: 1 / sigma would amplify the output's error without bound at the data end
 
 
-def velocity_from_output(
-    output: torch.Tensor,
-    z: torch.Tensor,
-    k: int,
-    model_time: torch.Tensor,
-    schedule: PyramidSchedule,
-    prediction: str = "velocity",
-) -> torch.Tensor:
-    """The stage-k velocity from the network's output at state z and model time (B,)."""
-    if prediction == "velocity":
-        return output
-    if prediction != "data":
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-    width = schedule.start_sigmas[k] - schedule.end_sigmas[k]
-    sigma = schedule.global_sigma(k, schedule.local_sigma(k, model_time.to(torch.float32)))
-    sigma = sigma.clamp(min=MIN_SIGMA).view(-1, *([1] * (z.ndim - 1)))
+@PREDICTIONS.register("velocity")
+def velocity(output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float) -> torch.Tensor:
+    """The network predicts the stage's velocity directly."""
+    return output
+
+
+@PREDICTIONS.register("data")
+def data(output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float) -> torch.Tensor:
+    """The network predicts the clean data x; the velocity is width (z - x) / sigma."""
+    sigma = sigma.to(torch.float32).clamp(min=MIN_SIGMA).view(-1, *([1] * (z.ndim - 1)))
     return width * (z.float() - output.float()) / sigma
+
+
+def velocity_from_output(
+    output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float, prediction: str = "velocity"
+) -> torch.Tensor:
+    """The stage velocity from the network's output at state z and global sigma (B,)."""
+    try:
+        kind = PREDICTIONS[prediction]
+    except KeyError as err:
+        raise ValueError(str(err.args[0])) from None
+    return kind(output, z, sigma, width)

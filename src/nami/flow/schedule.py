@@ -87,20 +87,34 @@ class PyramidSchedule:
         cum[-1] = 1.0
         return tuple((n * (1.0 - a), n * (1.0 - b)) for a, b in zip(cum, cum[1:]))
 
+    @cached_property
+    def integer_model_time_windows(self) -> tuple[tuple[int, int], ...]:
+        """The released NAMI scheduler's windows ([1000, 744], [744, 386], [386, 1] for thirds): the same
+        cumulative fractions f_k, truncated onto the integer timesteps N, N-1, ..., 1 as its code does
+        (index int(f_k N), the last one capped at N - 1). See `grids.official`."""
+        lengths = [c - e for c, e in zip(self.start_sigmas, self.end_sigmas)]
+        total, n = sum(lengths), self.num_train_timesteps
+        fractions = [sum(lengths[:k]) / total for k in range(self.num_stages)] + [1.0]
+        index = [min(int(f * n), n - 1) for f in fractions]
+        return tuple((n - a, n - b) for a, b in zip(index, index[1:]))
+
     def model_time(self, k: int, sigma_local: torch.Tensor | float) -> torch.Tensor | float:
         """Model time fed to the network in stage k: T_end + sigma' (T_start - T_end)."""
         t_start, t_end = self.model_time_windows[k]
         return t_end + sigma_local * (t_start - t_end)
 
-    def local_sigma(self, k: int, model_time: torch.Tensor | float) -> torch.Tensor | float:
+    def sigma_local_at(self, k: int, model_time: torch.Tensor | float) -> torch.Tensor | float:
         """Inverse of `model_time`: sigma' in stage k at model time T."""
         t_start, t_end = self.model_time_windows[k]
         return (model_time - t_end) / (t_start - t_end)
 
     def global_sigma(self, k: int, sigma_local: torch.Tensor | float) -> torch.Tensor | float:
         """Sigma on the whole path at local sigma' of stage k: e_k + sigma' (c_k - e_k)."""
-        start, end = self.start_sigmas[k], self.end_sigmas[k]
-        return end + sigma_local * (start - end)
+        return self.end_sigmas[k] + sigma_local * self.width(k)
+
+    def width(self, k: int) -> float:
+        """c_k - e_k: how much global sigma stage k covers (dz/dsigma' = width x (n - x) on the path)."""
+        return self.start_sigmas[k] - self.end_sigmas[k]
 
     def summary(self) -> dict:
         """Plain numbers for `nami info` and logs."""

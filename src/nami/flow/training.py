@@ -1,4 +1,4 @@
-"""Training targets: in-window timestep densities, stage start/end points, flow samples, bridge pairs.
+"""Training targets: stage start/end points, flow samples, bridge pairs, and how a batch mixes stages.
 
 A stage-k sample needs only the data at stage k's resolution (x_k) and one noise draw there (n_k): the
 coarser levels are down(x_k) and noise_down(n_k), exactly the data and noise pyramids of `pyramid.py`.
@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 
+from .densities import sample_sigma_local
 from .pyramid import Generators, detail_band, detail_noise, down, noise_down, up
 from .schedule import PyramidSchedule
 
@@ -19,7 +20,7 @@ class Bridge(Protocol):
     """What the flow needs of a BridgeFlow: map Up(end of stage k-1) to the start of stage k."""
 
     kind: str
-    adds_noise: bool  # draws its own fresh noise (renoise): no detail noise on top
+    adds_noise: bool  # draws its own fresh noise (renoise): no detail noise on top, and its own start point
 
     def __call__(self, u: torch.Tensor, k: int, generator: Generators = None) -> torch.Tensor: ...
 
@@ -29,22 +30,6 @@ def interpolate(x: torch.Tensor, n: torch.Tensor, sigma: torch.Tensor | float) -
     if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
         sigma = sigma.view(-1, *([1] * (x.ndim - 1)))
     return (1.0 - sigma) * x + sigma * n
-
-
-def sample_local_sigma(
-    batch: int,
-    density: str = "logit_normal",
-    mean: float = 0.0,
-    std: float = 1.0,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """sigma' in (0, 1) inside a stage window: logit-normal(mean, std) (SD3's default) or uniform."""
-    if density == "logit_normal":
-        return torch.sigmoid(mean + std * torch.randn(batch, generator=generator, device=device))
-    if density == "uniform":
-        return torch.rand(batch, generator=generator, device=device)
-    raise ValueError(f"unknown timestep density {density!r}")
 
 
 def bridge_jump(
@@ -66,7 +51,7 @@ def bridge_jump(
     detail in start and end would leave an irreducible part in the target). Sampling draws it fresh.
     """
     start = bridge(up(z), k, generator=generator)
-    if detail and not getattr(bridge, "adds_noise", False):
+    if detail and not bridge.adds_noise:
         if noise is None:
             band = detail_noise(start.shape, generator, device=start.device, dtype=start.dtype)
         else:
@@ -82,32 +67,32 @@ def stage_endpoints(
     schedule: PyramidSchedule,
     bridge: Bridge | None,
     detail: bool = False,
-    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(start_k, end_k) from one data point and one noise draw at stage k's resolution.
 
-    end_k = e_k n^(k) + (1 - e_k) x^(k); start_0 = n^(0); start_k = bridge_jump(end_(k-1)), except for the
-    renoise kind, whose start is c_k n^(k) + (1 - c_k) Up(x^(k-1)) (Pyramid Flow's corrected start).
+    end_k = e_k n^(k) + (1 - e_k) x^(k); start_0 = n^(0); start_k = bridge_jump(end_(k-1)), except for a bridge
+    that draws its own noise (renoise), whose start is c_k n^(k) + (1 - c_k) Up(x^(k-1)) (Pyramid Flow's
+    corrected start, the point its jump lands on in law).
     """
     end = interpolate(x_k, n_k, schedule.end_sigmas[k])
     if k == 0:
         return n_k, end
     if bridge is None:
         raise ValueError(f"stage {k} needs a bridge")
-    if getattr(bridge, "kind", None) == "renoise":
+    if bridge.adds_noise:
         return interpolate(up(down(x_k)), n_k, schedule.start_sigmas[k]), end
     prev_end = interpolate(down(x_k), noise_down(n_k), schedule.end_sigmas[k - 1])
-    return bridge_jump(prev_end, k, schedule, bridge, detail, generator, noise=n_k), end
+    return bridge_jump(prev_end, k, schedule, bridge, detail, noise=n_k), end
 
 
 @dataclass
 class FlowSample:
-    """One stage's training example: model input z at sigma', its model time, and the velocity target."""
+    """One stage's training example: input z at local sigma', its model time, and the velocity target."""
 
     z: torch.Tensor
-    timestep: torch.Tensor
-    target: torch.Tensor
-    sigma: torch.Tensor
+    model_time: torch.Tensor  # (B,) T fed to the network
+    target: torch.Tensor  # start - end
+    sigma_local: torch.Tensor  # (B,) sigma' in (0, 1)
     start: torch.Tensor
     end: torch.Tensor
 
@@ -117,7 +102,7 @@ def flow_sample(
     k: int,
     schedule: PyramidSchedule,
     bridge: Bridge | None,
-    sigma: torch.Tensor | None = None,
+    sigma_local: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     density: str = "logit_normal",
     logit_mean: float = 0.0,
@@ -125,16 +110,18 @@ def flow_sample(
     generator: torch.Generator | None = None,
     detail: bool = False,
 ) -> FlowSample:
-    """z = sigma' start + (1 - sigma') end, target v* = start - end, T = the stage window at sigma'."""
+    """z = sigma' start + (1 - sigma') end, target v* = start - end, T = the stage window at sigma'.
+
+    Draws (in this order, from `generator`) the noise and then sigma' unless they are given.
+    """
     if noise is None:
         noise = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
-    if sigma is None:
-        sigma = sample_local_sigma(x_k.shape[0], density, logit_mean, logit_std, generator, x_k.device)
+    if sigma_local is None:
+        sigma_local = sample_sigma_local(x_k.shape[0], density, logit_mean, logit_std, generator, x_k.device)
     with torch.no_grad():  # the bridge is frozen during flow training
-        start, end = stage_endpoints(x_k, noise, k, schedule, bridge, detail, generator)
-    z = interpolate(end, start, sigma)
-    timestep = schedule.model_time(k, sigma)
-    return FlowSample(z=z, timestep=timestep, target=start - end, sigma=sigma, start=start, end=end)
+        start, end = stage_endpoints(x_k, noise, k, schedule, bridge, detail)
+    z = interpolate(end, start, sigma_local)
+    return FlowSample(z, schedule.model_time(k, sigma_local), start - end, sigma_local, start, end)
 
 
 def bridge_pair(
@@ -152,11 +139,28 @@ def bridge_pair(
     return u, interpolate(x_k, n_k, e_prev)
 
 
-def stage_ratios_at(step: int, stage_ratios, ratio_schedule) -> list[float]:
-    """Stage mixing ratios in force at `step`: the last schedule phase started, else `stage_ratios`."""
-    ratios = list(stage_ratios)
-    for phase in ratio_schedule:
-        if step >= phase.start_step:
-            ratios = list(phase.ratios)
-    return ratios
+@dataclass(frozen=True)
+class StageMix:
+    """How batches mix stages: `ratios` throughout, or the phases of a ratio schedule (the paper's dynamic
+    weights); each phase is (start_step, ratios)."""
 
+    ratios: tuple[float, ...] = (1.0, 1.0, 1.0)
+    phases: tuple[tuple[int, tuple[float, ...]], ...] = ()
+
+    @classmethod
+    def from_config(cls, flow) -> "StageMix":
+        """From a `FlowConfig` (stage_ratios, ratio_schedule)."""
+        phases = tuple((p.start_step, tuple(p.ratios)) for p in flow.ratio_schedule)
+        return cls(tuple(flow.stage_ratios), phases)
+
+    def ratios_at(self, step: int) -> list[float]:
+        """The ratios in force at `step`: the last phase started, else `ratios`."""
+        ratios = list(self.ratios)
+        for start, phase_ratios in self.phases:
+            if step >= start:
+                ratios = list(phase_ratios)
+        return ratios
+
+    def all_ratios(self) -> list[list[float]]:
+        """Every set of ratios a run can meet."""
+        return [list(self.ratios)] + [list(r) for _, r in self.phases]

@@ -12,18 +12,16 @@ from lightning.pytorch.callbacks import ThroughputMonitor
 from safetensors.torch import save_file
 from torchvision.utils import make_grid, save_image
 
-from ..perf import image_tokens
-from .precision import autocast_dtype
 
-
-def throughput_monitor(cfg) -> ThroughputMonitor:
-    """Lightning's monitor: samples/s, image tokens/s ('items') and, on known GPUs, MFU (module.flops_per_batch)."""
+def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> ThroughputMonitor:
+    """Lightning's monitor: samples/s, image tokens/s ('items') and, on known GPUs, MFU (module.flops_per_batch).
+    `stage_tokens[k]` is the image-token count of one stage-k sample (computed once per run)."""
 
     def tokens(batch) -> int:
-        return sum(len(keys) * image_tokens(cfg, k) for keys, k in zip(batch.keys, batch.stages))
+        return sum(len(keys) * stage_tokens[k] for keys, k in zip(batch.keys, batch.stages))
 
     # rates are averaged over a window of batches; values appear once the window is full
-    window = max(2, min(20, cfg.trainer.log_every_n_steps))
+    window = max(2, min(20, log_every_n_steps))
     return ThroughputMonitor(batch_size_fn=len, length_fn=tokens, window_size=window)
 
 
@@ -34,12 +32,13 @@ class SampleGrid(L.Callback):
     the final image. Runs on every rank (sharded models need all ranks for a forward); rank 0 writes.
     """
 
-    def __init__(self, cfg, out_dir: Path):
-        self.cfg, self.out_dir = cfg, Path(out_dir)
+    def __init__(self, out_dir: Path, prompts: list[str], steps: list[int], guidance: float, seed: int = 0,
+                 every: int = 0, dtype: torch.dtype | None = None):  # fmt: skip
+        self.out_dir, self.prompts, self.steps, self.guidance = Path(out_dir), list(prompts), list(steps), guidance
+        self.seed, self.every, self.dtype = seed, every, dtype
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        every = self.cfg.log.sample_every
-        if every > 0 and trainer.global_step % every == 0 and trainer.global_step > 0:
+        if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
             self.sample(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -47,20 +46,18 @@ class SampleGrid(L.Callback):
 
     @torch.no_grad()
     def sample(self, trainer, pl_module) -> None:
-        cfg = self.cfg
         was_training = pl_module.training
         pl_module.eval()
-        result = pl_module.pipeline(use_ema=True).sample(
-            cfg.log.sample_prompts, cfg.sampler.steps, cfg.sampler.cfg, seed=cfg.log.sample_seed, keep_stages=True,
-            dtype=autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator),
-        )
+        result = pl_module.pipeline(use_ema=True).sample(self.prompts, self.steps, self.guidance, seed=self.seed,
+                                                         keep_stages=True, dtype=self.dtype)  # fmt: skip
         pl_module.train(was_training)
         if not trainer.is_global_zero:
             return
         columns = torch.stack(result.stage_ends, dim=1)  # (prompts, stages, C, H, W)
         grid = make_grid(columns.flatten(0, 1).float().cpu(), nrow=columns.shape[1], normalize=True,
                          value_range=(-1, 1))  # fmt: skip
-        grid = F.interpolate(grid[None], scale_factor=max(1, 256 // cfg.resolution), mode="nearest")[0]
+        zoom = max(1, 256 // columns.shape[-1])  # small images enlarged, pixels kept crisp
+        grid = F.interpolate(grid[None], scale_factor=zoom, mode="nearest")[0]
         step = trainer.global_step
         for logger in trainer.loggers:
             if hasattr(logger.experiment, "add_image"):

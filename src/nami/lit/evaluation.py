@@ -22,8 +22,8 @@ def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None
     images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
     sampling_s = time.perf_counter() - start
     report = evaluate(images, specs)
-    report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=module.steps(),
-                  cfg=cfg.sampler.cfg, notices=[])  # fmt: skip
+    report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=cfg.sampler.steps_for(),
+                  guidance=cfg.sampler.guidance, notices=[])  # fmt: skip
 
     def reference_images():  # the ground-truth renders of the same specs are FID's real set
         return torch.stack([torch.from_numpy(np.array(render(s))).permute(2, 0, 1) for s in specs])
@@ -43,7 +43,7 @@ def format_eval(report: dict) -> str:
     from nami.eval.shapes import CATEGORIES
 
     lines = [f"GenEval-Shapes, {report['images']} images ({report['mode']}, steps {report['steps']}, "
-             f"cfg {report['cfg']}, sampled in {report['sampling_s']:.1f}s)"]  # fmt: skip
+             f"guidance {report['guidance']}, sampled in {report['sampling_s']:.1f}s)"]  # fmt: skip
     for category in CATEGORIES:
         counts = report["counts"][category]
         lines.append(f"  {category:<14} {report[category]:.3f}  ({counts['correct']}/{counts['total']})")

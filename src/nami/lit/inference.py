@@ -10,10 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from ..bridges import bridge_from_config, load_bridges
 from ..config import ConfigError, NamiConfig
-from ..flow import PyramidSchedule
-from ..models import build_autoencoder, build_model, build_text_encoder
+from ..parts import Parts, build_parts
 from .pipeline import Pipeline, SampleResult
 from .precision import autocast_dtype
 
@@ -22,52 +20,41 @@ class ProgressiveInferenceModule(L.LightningModule):
     """predict_step maps {"prompts": [...], "seeds": [...]} to a SampleResult with the configured sampler.
 
     `sampler.mode` switches between progressive sampling, progressive without nesting and the uniform
-    baseline (one stage, every block); `keep_stages` also returns every stage's start and end.
+    baseline (one stage, every block); `keep_stages` also returns every stage's start, end and prediction.
     """
 
-    def __init__(self, cfg: NamiConfig, keep_stages: bool = False):
+    def __init__(self, cfg: NamiConfig, parts: Parts, keep_stages: bool = False):
         super().__init__()
         self.cfg, self.keep_stages = cfg, keep_stages
-        self.model = build_model(cfg).eval()
-        self.text_encoder = build_text_encoder(cfg.text_encoder).eval()
-        self.autoencoder = build_autoencoder(cfg.autoencoder)
-        self.bridge = bridge_from_config(cfg).requires_grad_(False)
-        self.schedule = PyramidSchedule.from_config(cfg.flow)
+        self.model = parts.model.eval()
+        self.text_encoder = parts.text_encoder.eval()
+        self.autoencoder = parts.autoencoder
+        self.bridge = parts.bridge.requires_grad_(False)
+        self.flow = parts.flow
 
     @classmethod
     def from_checkpoint(cls, cfg: NamiConfig, path: str | Path, keep_stages: bool = False):
         """Load trained weights (EMA preferred) and the bridges that belong with them."""
-        module = cls(cfg, keep_stages)
         weights, run_dir = read_weights(Path(path))
-        for prefix, part in (("model.", module.model), ("text_encoder.", module.text_encoder)):
+        parts = build_parts(cfg, run_dir)
+        for prefix, part in (("model.", parts.model), ("text_encoder.", parts.text_encoder)):
             state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            if not state and prefix == "text_encoder." and not module.text_encoder.trainable:
+            if not state and prefix == "text_encoder." and not part.trainable:
                 continue  # frozen encoders come from their own files, not from training outputs
             missing, unexpected = part.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ConfigError("--ckpt", f"{path} does not fit this config's {prefix[:-1]} "
                                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")  # fmt: skip
-        if module.bridge.learnable:
-            bridge_path = Path(cfg.bridge.weights) if cfg.bridge.weights else run_dir / "bridges.safetensors"
-            if not bridge_path.is_file():
-                raise ConfigError("bridge.weights", f"no {cfg.bridge.kind} bridge at {bridge_path}; set bridge.weights")
-            load_bridges(module.bridge, bridge_path)
-        return module
+        return cls(cfg, parts, keep_stages)
 
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.model, self.text_encoder, self.autoencoder, self.bridge, self.schedule,
-                        self.cfg.latent_size, self.cfg.bridge.detail_noise, self.cfg.flow.prediction)  # fmt: skip
-
-    def steps(self) -> list[int]:
-        """Per-stage steps, or the uniform baseline's single count."""
-        s = self.cfg.sampler
-        return [s.uniform_steps] if s.mode == "uniform" else list(s.steps)
+        return Pipeline(self.model, self.text_encoder, self.autoencoder, self.flow, self.cfg.latent_size)
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> SampleResult:
         s, t = self.cfg.sampler, self.cfg.trainer
         return self.pipeline().sample(
-            batch["prompts"], self.steps(), s.cfg, seed=batch["seeds"], mode=s.mode, keep_stages=self.keep_stages,
-            dtype=autocast_dtype(t.precision, t.accelerator),
+            batch["prompts"], s.steps_for(), s.guidance, seed=batch["seeds"], mode=s.mode,
+            keep_stages=self.keep_stages, dtype=autocast_dtype(t.precision, t.accelerator),
         )  # fmt: skip
 
 
@@ -116,8 +103,9 @@ def predict(
     trainer = L.Trainer(accelerator=t.accelerator, devices=1, logger=False, enable_progress_bar=progress and len(batches) > 1,
                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     results = trainer.predict(module, dataloaders=DataLoader(batches, batch_size=None))
-    return SampleResult(
-        torch.cat([r.images for r in results]),
-        [torch.cat(parts) for parts in zip(*(r.stage_starts for r in results))],
-        [torch.cat(parts) for parts in zip(*(r.stage_ends for r in results))],
-    )
+
+    def joined(field: str) -> list[torch.Tensor]:
+        return [torch.cat(parts) for parts in zip(*(getattr(r, field) for r in results))]
+
+    return SampleResult(torch.cat([r.images for r in results]), joined("stage_starts"), joined("stage_ends"),
+                        joined("stage_predictions"))  # fmt: skip

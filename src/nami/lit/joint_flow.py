@@ -9,17 +9,15 @@ from functools import partial
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from ..bridges import BridgeFlow
-from ..config import NamiConfig, to_dict
+from ..config import NamiConfig, config_from_dict, to_dict
 from ..errors import RunStopped
-from ..flow import PyramidSchedule, flow_sample, velocity_from_output
-from ..models import build_autoencoder, build_model, build_text_encoder
-from ..perf import forward_cost, image_tokens
-from .batches import drop_captions, group_latents, step_generator
+from ..flow import StageLosses
+from ..models import forward_cost, model_fn
+from ..parts import Parts, build_parts
 from .pipeline import Pipeline
+from .seeds import step_generator
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
@@ -37,23 +35,30 @@ class NonFiniteError(RunStopped):
 
 
 class JointFlowModule(L.LightningModule):
-    """Loss = mean over the batch of ||v(z, T, text) - (start_k - end_k)||^2, each group at its own stage."""
+    """Loss = mean over the batch of ||v(z, T, text) - (start_k - end_k)||^2, each group at its own stage.
 
-    def __init__(self, cfg: NamiConfig, bridge: BridgeFlow | None):
+    Receives its parts built (`nami.parts.build_parts`); built from `config` alone when Lightning restores it
+    with `load_from_checkpoint` (the checkpoint then fills in every weight, the bridge's included).
+    """
+
+    def __init__(self, config: NamiConfig | dict, parts: Parts | None = None):
         super().__init__()
+        cfg = config if isinstance(config, NamiConfig) else config_from_dict(config)
         self.cfg = cfg
         self.save_hyperparameters({"config": to_dict(cfg)})
-        self.schedule = PyramidSchedule.from_config(cfg.flow)
-        self.model = build_model(cfg)
+        parts = parts if parts is not None else build_parts(cfg, fitted=False)
+        self.model = parts.model
         self.model.grad_checkpointing = cfg.trainer.activation_checkpointing
-        self.text_encoder = build_text_encoder(cfg.text_encoder)
-        self.autoencoder = build_autoencoder(cfg.autoencoder)
-        self.bridge = bridge.requires_grad_(False).eval() if bridge is not None else None
+        self.text_encoder = parts.text_encoder
+        self.autoencoder = parts.autoencoder
+        self.bridge = parts.bridge.requires_grad_(False).eval()
+        self.flow = parts.flow
         # EMA of everything trained (a plain copy, so FSDP shards it like the original and checkpoints hold it)
         self.ema = copy.deepcopy(self.trainable()).requires_grad_(False)
         self._ema_step = 0  # global step of the last EMA update
-        self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor (MFU on GPUs)
-        self.tokens_in_batch = 0
+        # the static FLOP model, once per run: Lightning's ThroughputMonitor reads flops_per_batch (MFU on GPUs)
+        self.stage_flops = [forward_cost(cfg, k).total for k in range(cfg.num_stages)]
+        self.flops_per_batch = 0
 
     # ---- parts ----------------------------------------------------------------------------------------
     def trainable(self) -> nn.ModuleDict:
@@ -67,8 +72,7 @@ class JointFlowModule(L.LightningModule):
         """A sampler over the current (or EMA) weights."""
         source = self.ema if use_ema else self.trainable()
         text = source["text_encoder"] if "text_encoder" in source else self.text_encoder
-        return Pipeline(source["model"], text, self.autoencoder, self.bridge, self.schedule, self.cfg.latent_size,
-                        self.cfg.bridge.detail_noise, self.cfg.flow.prediction)  # fmt: skip
+        return Pipeline(source["model"], text, self.autoencoder, self.flow, self.cfg.latent_size)
 
     def configure_model(self) -> None:
         """FSDP2 (trainer.strategy=fsdp): shard every block, then each trainable root, on the data-parallel mesh."""
@@ -96,39 +100,38 @@ class JointFlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- training -------------------------------------------------------------------------------------
-    def stage_losses(self, batch) -> list[tuple[int, int, torch.Tensor]]:
-        """(stage, samples, mean loss) per non-empty group."""
-        cfg, f = self.cfg, self.cfg.flow
-        gen = step_generator(cfg.seed, self.global_rank, self.global_step, self.device)
-        cpu_gen = step_generator(cfg.seed, self.global_rank, self.global_step)
-        out = []
+    def stage_latents(self, images: torch.Tensor, k: int, pooled: bool) -> torch.Tensor:
+        """Model-space data of one stage group. `pooled` groups were already brought to the stage's side in
+        the data workers (pixel space); otherwise the images are full resolution and the pyramid is built on
+        the latents (VAE(Down(img)) != Down(VAE(img)))."""
+        latents = self.autoencoder.encode(images)
+        return latents if pooled else self.flow.stage_latents(latents, k)
+
+    def stage_losses(self, batch) -> StageLosses:
+        """The flow's per-stage losses for one batch; noise and sigma' come from a generator fixed by
+        (seed, rank, step), caption dropout from its CPU twin, so a resumed run draws what it would have."""
+        gen = step_generator(self.cfg.seed, self.global_rank, self.global_step, self.device)
+        cpu_gen = step_generator(self.cfg.seed, self.global_rank, self.global_step)
+        latents, text = [], []
         for images, captions, k in zip(batch.images, batch.captions, batch.stages):
             if len(captions) == 0:
                 continue
-            x = group_latents(images, k, cfg.num_stages, batch.pooled, self.autoencoder)
-            sample = flow_sample(
-                x, k, self.schedule, self.bridge, density=f.timestep_density, logit_mean=f.logit_mean,
-                logit_std=f.logit_std, generator=gen, detail=cfg.bridge.detail_noise,
-            )  # fmt: skip
-            text = self.text_encoder(drop_captions(captions, f.caption_dropout, cpu_gen)).to(self.device)
-            output = self.model(sample.z, sample.timestep, text.states, text.mask, text.pooled, stage=k)
-            v = velocity_from_output(output, sample.z, k, sample.timestep, self.schedule, f.prediction)
-            out.append((k, len(captions), F.mse_loss(v.float(), sample.target.float())))
-        return out
+            latents.append((k, self.stage_latents(images, k, batch.pooled)))
+            text.append(self.text_encoder(self.flow.drop_captions(captions, cpu_gen)).to(self.device))
+        return self.flow.training_losses(model_fn(self.model), latents, text, gen)
 
     def training_step(self, batch, batch_idx):
-        per_stage = self.stage_losses(batch)
-        total = sum(n for _, n, _ in per_stage)
-        loss = sum(n * loss_k for _, n, loss_k in per_stage) / total
-        bad = self._first_nonfinite([loss_k for _, _, loss_k in per_stage], [k for k, _, _ in per_stage])
+        losses = self.stage_losses(batch)
+        loss = losses.total
+        bad = self._first_nonfinite(losses.losses, losses.stages)
         if bad is not None:
             return self._nonfinite(f"loss in stage {bad}")
-        for k, n, loss_k in per_stage:
+        total = sum(losses.counts)
+        for k, n, loss_k in losses:
             self.log(f"train/loss_stage{k}", loss_k, batch_size=n, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=total, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=total)
-        self.tokens_in_batch = sum(n * image_tokens(self.cfg, k) for k, n, _ in per_stage)
-        self.flops_per_batch = 3 * sum(n * forward_cost(self.cfg, k).total for k, n, _ in per_stage)
+        self.flops_per_batch = 3 * sum(n * self.stage_flops[k] for k, n, _ in losses)
         return loss
 
     def _first_nonfinite(self, losses: list[torch.Tensor], stages: list[int]) -> int | None:

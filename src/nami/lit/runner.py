@@ -15,12 +15,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..bridges import BridgeFlow, bridge_from_config, load_bridges, save_bridges
+from ..bridges import save_bridges
 from ..config import ConfigError, NamiConfig, to_dict
+from ..models import image_tokens
+from ..parts import build_parts, fitted_bridge
 from .bridge_pretrain import BridgePretrainModule
 from .callbacks import ExportWeights, KeysRecorder, SampleGrid, SkipCounts, throughput_monitor
 from .joint_flow import JointFlowModule
-from .precision import resolve_precision
+from .precision import autocast_dtype, resolve_precision
 from .strategies import PARTIAL, build_strategy, checkpoint_plugins
 
 CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
@@ -64,7 +66,7 @@ def pretrain_bridges(cfg: NamiConfig) -> dict:
     check_device(cfg)
     data = _datamodule(cfg, joint=False)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = BridgePretrainModule(cfg)
+    module = BridgePretrainModule(cfg, build_parts(cfg, fitted=False, networks=False))
     out = run_dir(cfg)
     logger = TensorBoardLogger(str(out), name="", version="tb-bridge", default_hp_metric=False)
     trainer = _trainer(
@@ -86,21 +88,6 @@ def pretrain_bridges(cfg: NamiConfig) -> dict:
 
 
 # ---- joint flow training ----------------------------------------------------------------------------------
-def load_trained_bridge(cfg: NamiConfig) -> BridgeFlow:
-    """The frozen bridge for flow training: bridge.weights, else runs/<name>/bridges.safetensors."""
-    bridge = bridge_from_config(cfg)
-    if not bridge.learnable:
-        return bridge
-    path = Path(cfg.bridge.weights) if cfg.bridge.weights else run_dir(cfg) / "bridges.safetensors"
-    if not path.is_file():
-        raise ConfigError(
-            "bridge.weights",
-            f"no fitted {cfg.bridge.kind} bridge at {path}: run `nami pretrain-bridge CONFIG` first "
-            "(or set bridge.weights=PATH)",
-        )
-    return load_bridges(bridge, path)
-
-
 def find_checkpoint(cfg: NamiConfig) -> str | None:
     """trainer.resume: None (start fresh), 'last' (newest complete step checkpoint) or a path."""
     resume = cfg.trainer.resume
@@ -117,40 +104,44 @@ def find_checkpoint(cfg: NamiConfig) -> str | None:
     return str(max(steps)[1])
 
 
-def stage_can_be_empty(cfg: NamiConfig) -> bool:
+def stage_can_be_empty(module: JointFlowModule, batch_size: int) -> bool:
     """Whether some batch may lack the full-depth stage (DDP must then look for unused parameters)."""
     from data_modules import stage_counts
 
-    phases = [cfg.flow.stage_ratios] + [p.ratios for p in cfg.flow.ratio_schedule]
-    return any(stage_counts(cfg.data.batch_size, list(r))[-1] == 0 for r in phases)
+    return any(stage_counts(batch_size, r)[-1] == 0 for r in module.flow.mix.all_ratios())
 
 
 def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) -> Path:
     """Joint multi-resolution flow training (resumable); returns the run directory."""
     check_device(cfg)
     ckpt_path = find_checkpoint(cfg)
-    bridge = load_trained_bridge(cfg)
+    out = run_dir(cfg)
+    bridge = fitted_bridge(cfg, out)  # a missing bridge stops before the data or the model is touched
     data = _datamodule(cfg, joint=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = module_cls(cfg, bridge)
-    out = run_dir(cfg)
+    module = module_cls(cfg, build_parts(cfg, bridge=bridge))
     logger = TensorBoardLogger(str(out), name="", version="tb", default_hp_metric=False)
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="step{step:08d}", auto_insert_metric_name=False,
         every_n_train_steps=cfg.trainer.checkpoint_every, save_top_k=cfg.trainer.keep_checkpoints,
         monitor="step", mode="max", save_last=False,
     )  # fmt: skip
-    callbacks = [checkpoints, throughput_monitor(cfg), SkipCounts(), SampleGrid(cfg, out / "samples"),
+    dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
+    grid = SampleGrid(out / "samples", cfg.log.sample_prompts, cfg.sampler.steps, cfg.sampler.guidance,
+                      cfg.log.sample_seed, cfg.log.sample_every, dtype)  # fmt: skip
+    tokens = [image_tokens(cfg, k) for k in range(cfg.num_stages)]
+    callbacks = [checkpoints, throughput_monitor(tokens, cfg.trainer.log_every_n_steps), SkipCounts(), grid,
                  FinalCheckpoint(out / "checkpoints"), ExportWeights(out / "weights.safetensors")]  # fmt: skip
     if cfg.log.record_keys:
         callbacks.append(KeysRecorder(out))
-    trainer = _trainer(cfg, logger, callbacks, find_unused=stage_can_be_empty(cfg), max_steps=cfg.trainer.max_steps,
+    find_unused = stage_can_be_empty(module, cfg.data.batch_size)
+    trainer = _trainer(cfg, logger, callbacks, find_unused=find_unused, max_steps=cfg.trainer.max_steps,
                        max_time=cfg.trainer.max_time)  # fmt: skip
     logger.log_hyperparams(to_dict(cfg))
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    if trainer.is_global_zero and isinstance(bridge, BridgeFlow) and bridge.learnable:
+    if trainer.is_global_zero and bridge.learnable:
         target = out / "bridges.safetensors"
-        if not target.exists():
+        if not target.exists():  # fitted elsewhere (bridge.weights): keep a copy beside the weights
             save_bridges(bridge, target)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import NamiConfig
 from .autoencoder import Autoencoder, DiffusersKLAutoencoder, PixelAutoencoder, build_autoencoder
+from .cost import ForwardCost, cost_summary, forward_cost, image_tokens, predicted_ratio, uniform_cost
 from .mmdit import DoubleStreamBlock, NestedMMDiT, SingleStreamBlock
 from .text import HFTextEncoder, LearnedTextEncoder, TextEmbedding, TextEncoder, build_text_encoder
 
@@ -18,20 +19,30 @@ def build_model(cfg: NamiConfig) -> NestedMMDiT:
         heads=m.heads,
         double_blocks=m.double_blocks,
         single_blocks=m.single_blocks,
-        stage_depths=m.stage_depths,
+        stage_depths=[m.depth(k) for k in range(cfg.num_stages)],
         text_dim=cfg.text_encoder.dim,
         pooled_dim=cfg.text_encoder.pooled_dim,
         mlp_ratio=m.mlp_ratio,
         rope_theta=m.rope_theta,
         qk_norm=m.qk_norm,
-        nesting=m.nesting,
     )
+
+
+def model_fn(model: NestedMMDiT, nested: bool = True):
+    """The network as `PyramidFlow` calls it: (z, model_time, k, text) -> output, text a `TextEmbedding`.
+    `nested=False` runs every block in every stage (sampling without nesting)."""
+
+    def call(z, model_time, k, text):
+        return model(z, model_time, text.states, text.mask, text.pooled, stage=k if nested else None)
+
+    return call
 
 
 __all__ = [
     "Autoencoder",
     "DiffusersKLAutoencoder",
     "DoubleStreamBlock",
+    "ForwardCost",
     "HFTextEncoder",
     "LearnedTextEncoder",
     "NestedMMDiT",
@@ -42,4 +53,10 @@ __all__ = [
     "build_autoencoder",
     "build_model",
     "build_text_encoder",
+    "cost_summary",
+    "forward_cost",
+    "image_tokens",
+    "model_fn",
+    "predicted_ratio",
+    "uniform_cost",
 ]

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from ..config import AutoencoderConfig, ConfigError
+from ..config.validation import check_built
+from ..registry import AUTOENCODERS
 
 
 class Autoencoder(nn.Module):
@@ -73,15 +75,19 @@ class DiffusersKLAutoencoder(Autoencoder):
         return self.vae.decode(z.to(self.vae.dtype)).sample.float()
 
 
+@AUTOENCODERS.register("pixel")
+def _pixel(cfg: AutoencoderConfig) -> Autoencoder:
+    return PixelAutoencoder()
+
+
+@AUTOENCODERS.register("diffusers_kl")
+def _diffusers_kl(cfg: AutoencoderConfig) -> Autoencoder:
+    return DiffusersKLAutoencoder(cfg.path, cfg.scaling_factor, cfg.shift_factor)
+
+
 def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
     """The configured kind; its channels / downsample must match the config the model is built for."""
-    if cfg.kind == "pixel":
-        ae: Autoencoder = PixelAutoencoder()
-    elif cfg.kind == "diffusers_kl":
-        ae = DiffusersKLAutoencoder(cfg.path, cfg.scaling_factor, cfg.shift_factor)
-    else:
-        raise ConfigError("autoencoder.kind", f"unknown kind {cfg.kind!r}")
-    for key, want, got in (("channels", cfg.channels, ae.channels), ("downsample", cfg.downsample, ae.downsample)):
-        if want != got:
-            raise ConfigError(f"autoencoder.{key}", f"is {want} but the {cfg.kind} autoencoder gives {got}")
+    ae = AUTOENCODERS.build(cfg.kind, cfg)
+    check_built("autoencoder", cfg.kind, {"channels": (cfg.channels, ae.channels),
+                                          "downsample": (cfg.downsample, ae.downsample)})  # fmt: skip
     return ae

@@ -141,15 +141,13 @@ class NestedMMDiT(nn.Module):
         mlp_ratio: float = 4.0,
         rope_theta: float = 10000.0,
         qk_norm: bool = True,
-        nesting: bool = True,
     ):
         super().__init__()
         if stage_depths[-1] != double_blocks + single_blocks:
             raise ValueError(f"stage_depths {stage_depths} must end at {double_blocks + single_blocks}")
         self.in_channels, self.patch_size = in_channels, patch_size
         self.width, self.heads = width, heads
-        self.stage_depths = list(stage_depths)
-        self.nesting = nesting  # False: every stage runs every block (the no-nesting ablation)
+        self.stage_depths = list(stage_depths)  # blocks per stage, as ModelConfig.depth gives them
         self.rope_theta = rope_theta
         self.img_in = nn.Linear(in_channels * patch_size**2, width)
         self.txt_in = nn.Linear(text_dim, width)
@@ -203,8 +201,8 @@ class NestedMMDiT(nn.Module):
         return x.reshape(tokens.shape[0], c, h * p, w * p)
 
     def depth_for(self, stage: int | None) -> int:
-        """Blocks stage k runs; None (the uniform model) or nesting off means all."""
-        return self.num_blocks if stage is None or not self.nesting else self.stage_depths[stage]
+        """Blocks stage k runs; stage None (the uniform model, or sampling without nesting) runs all."""
+        return self.num_blocks if stage is None else self.stage_depths[stage]
 
     def forward(
         self,
@@ -214,14 +212,10 @@ class NestedMMDiT(nn.Module):
         text_mask: torch.Tensor | None,
         pooled: torch.Tensor,
         stage: int | None = None,
-        depth: int | None = None,
     ) -> torch.Tensor:
-        """Predict the velocity for latent x (B, C, H, W) at model time `timestep` (B,).
-
-        Runs the first `depth` blocks (default: stage_depths[stage]); `depth` overrides nesting, e.g. for the
-        no-nesting ablation that runs every block in every stage.
-        """
-        depth = self.depth_for(stage) if depth is None else depth
+        """Predict the output for latent x (B, C, H, W) at model time `timestep` (B,) with stage k's first
+        stage_depths[k] blocks (stage None: every block)."""
+        depth = self.depth_for(stage)
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         img = self.img_in(self.patchify(x))
         txt = self.txt_in(text_states)

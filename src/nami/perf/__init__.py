@@ -1,16 +1,6 @@
-"""Cost model and (later) benchmarks."""
+"""Measurement, the top layer beside the CLI: `nami info` (counts and the FLOP model of `nami.models.cost`),
+`nami bench sampling|training` (measured against that model) and FLOP counting."""
 
-from .cost import ForwardCost, cost_summary, forward_cost, image_tokens, predicted_ratio, uniform_cost
 from .info import format_report, info_report, parameter_counts
 
-__all__ = [
-    "ForwardCost",
-    "cost_summary",
-    "format_report",
-    "forward_cost",
-    "image_tokens",
-    "info_report",
-    "parameter_counts",
-    "predicted_ratio",
-    "uniform_cost",
-]
+__all__ = ["format_report", "info_report", "parameter_counts"]

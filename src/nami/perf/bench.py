@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from ..config import NamiConfig
-from ..flow import bridge_jump, guided, progressive_sample, up
+from ..flow import up
 from ..lit.inference import ProgressiveInferenceModule
 from ..lit.joint_flow import JointFlowModule
+from ..lit.pipeline import Pipeline
 from ..lit.precision import autocast_dtype, uses_cuda
-from .cost import forward_cost, predicted_ratio
+from ..models import forward_cost, predicted_ratio
+from ..parts import build_parts
 
 
 def _synchronize() -> None:
@@ -49,7 +52,8 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
 
     Runs on the GPU when there is one and `trainer.accelerator` allows it, else on the CPU.
     """
-    module = module or ProgressiveInferenceModule(cfg)
+    if module is None:  # random weights: the time does not depend on them
+        module = ProgressiveInferenceModule(cfg, build_parts(cfg, fitted=False))
     if uses_cuda(cfg.trainer.accelerator):
         module = module.to("cuda")
     pipe = module.pipeline()
@@ -57,27 +61,22 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     prompts = [cfg.log.sample_prompts[i % len(cfg.log.sample_prompts)] for i in range(batch)]
     dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
     start = time.perf_counter()
-    text = pipe.encode_prompts(prompts)
+    text = pipe.encode_prompts(prompts, s.guidance)
     encode_s = time.perf_counter() - start
-    seeds = list(range(batch))
-    noise = {k: pipe.initial_noise(pipe.generators(seeds), k) for k in (1, pipe.schedule.num_stages)}
 
     def run(mode: str):
-        schedule = pipe.schedule_for(mode)
-        steps = [s.uniform_steps] if mode == "uniform" else s.steps
-        with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
-            return progressive_sample(guided(pipe.velocity(text, mode), s.cfg), noise[schedule.num_stages],
-                                      schedule, steps, pipe.bridge, torch.Generator().manual_seed(0),
-                                      detail=pipe.detail_noise).final  # fmt: skip
+        generators = pipe.generators(list(range(batch)))
+        return pipe.denoise(text, generators, s.steps_for(mode), s.guidance, mode, dtype=dtype).final
 
     times = _median_times({m: (lambda m=m: run(m)) for m in ("uniform", "progressive", "no_nesting")}, repeats)
-    transitions = _transition_times(cfg, pipe, noise[pipe.schedule.num_stages], repeats)
+    transitions = _transition_times(cfg, pipe, batch, repeats)
     final = run("progressive")
     start = time.perf_counter()
     pipe.decode(final)
     decode_s = time.perf_counter() - start
     device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu"
-    report = {"device": device, "batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps, "cfg": s.cfg,
+    report = {"device": device, "batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps,
+              "guidance": s.guidance,
               "uniform_s": times["uniform"], "text_encode_s": encode_s, "decode_s": decode_s}  # fmt: skip
     for mode, nesting in (("progressive", True), ("no_nesting", False)):
         report[mode] = {
@@ -90,20 +89,22 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     return report
 
 
-def _transition_times(cfg: NamiConfig, pipe, noise: torch.Tensor, repeats: int) -> dict:
+def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int) -> dict:
     """Time of all K-1 transitions with the configured bridge and with renoise, on the same tensors."""
     from ..bridges import build_bridge
 
-    renoise = build_bridge("renoise", pipe.schedule, pipe.bridge.channels, pipe.bridge.stage_sizes).to(pipe.device)
-    ends = [noise]
-    for _ in range(pipe.schedule.num_stages - 2):
+    flow, bridge = pipe.flow, pipe.flow.bridge
+    renoise = build_bridge("renoise", flow.schedule, bridge.channels, bridge.stage_sizes).to(pipe.device)
+    ends = [pipe.initial_noise(pipe.generators(list(range(batch))), flow.num_stages)]
+    for _ in range(flow.num_stages - 2):
         ends.append(up(ends[-1]))
     generator = torch.Generator().manual_seed(0)
 
-    def transitions(bridge):
-        return [bridge_jump(z, k + 1, pipe.schedule, bridge, pipe.detail_noise, generator) for k, z in enumerate(ends)]
+    def transitions(flow):
+        return [flow.transition(z, k + 1, generator) for k, z in enumerate(ends)]
 
-    times = _median_times({"bridge": lambda: transitions(pipe.bridge), "renoise": lambda: transitions(renoise)},
+    with_renoise = replace(flow, bridge=renoise)
+    times = _median_times({"bridge": lambda: transitions(flow), "renoise": lambda: transitions(with_renoise)},
                           max(repeats, 5))  # fmt: skip
     return {"bridge_kind": cfg.bridge.kind, "bridge_transition_s": times["bridge"],
             "renoise_transition_s": times["renoise"]}  # fmt: skip
@@ -128,17 +129,14 @@ def synthetic_batch(cfg: NamiConfig, joint: bool = True):
 
 def bench_training(cfg: NamiConfig, repeats: int = 3) -> dict:
     """One optimizer step on a joint multi-resolution batch against one on a full-resolution-only batch."""
-    from ..bridges import bridge_from_config
-
-    module = JointFlowModule(cfg, bridge_from_config(cfg))
+    module = JointFlowModule(cfg, build_parts(cfg, fitted=False))
     optimizer = torch.optim.AdamW(module.trainable().parameters(), lr=1e-4)
     dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
     batches = {"joint": synthetic_batch(cfg, joint=True), "full_resolution": synthetic_batch(cfg, joint=False)}
 
     def step(batch):
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            losses = module.stage_losses(batch)
-        loss = sum(n * loss_k for _, n, loss_k in losses) / sum(n for _, n, _ in losses)
+            loss = module.stage_losses(batch).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,7 +160,7 @@ def format_sampling(r: dict) -> str:
     """Human-readable bench_sampling report."""
     p, n = r["progressive"], r["no_nesting"]
     return "\n".join([
-        f"sampling on {r['device']}, batch {r['batch']}, cfg {r['cfg']}: uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
+        f"sampling on {r['device']}, batch {r['batch']}, guidance {r['guidance']}: uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
         f"  progressive {'/'.join(map(str, r['steps']))}: {p['seconds']:.3f}s  ratio {p['measured_ratio']:.3f}"
         f" (predicted {p['predicted_ratio']:.3f})",
         f"  without nesting:   {n['seconds']:.3f}s  ratio {n['measured_ratio']:.3f} (predicted {n['predicted_ratio']:.3f})",

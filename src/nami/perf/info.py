@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..config import NamiConfig
-from ..flow import PyramidSchedule
-from ..models import build_model
-from .cost import cost_summary
+from ..flow import PyramidFlow
+from ..models import build_model, cost_summary
 
 
 def parameter_counts(cfg: NamiConfig) -> dict:
@@ -23,7 +22,7 @@ def parameter_counts(cfg: NamiConfig) -> dict:
 
 def info_report(cfg: NamiConfig) -> dict:
     """Everything `nami info` prints, as plain numbers."""
-    schedule = PyramidSchedule.from_config(cfg.flow)
+    flow = PyramidFlow.from_config(cfg, bridge=None)  # the schedule and grids need no bridge weights
     return {
         "name": cfg.name,
         "num_stages": cfg.num_stages,
@@ -31,7 +30,8 @@ def info_report(cfg: NamiConfig) -> dict:
         "latent_sizes": cfg.stage_latent_sizes(),
         "stage_depths": list(cfg.model.stage_depths),
         **parameter_counts(cfg),
-        **schedule.summary(),
+        **flow.schedule.summary(),
+        **flow.sampler_summary(cfg.sampler.steps),
         "steps": list(cfg.sampler.steps),
         "uniform_steps": cfg.sampler.uniform_steps,
         **cost_summary(cfg),

@@ -35,15 +35,15 @@ def image_tokens(cfg: NamiConfig, stage: int) -> int:
     return side * side
 
 
-def forward_cost(cfg: NamiConfig, stage: int, depth: int | None = None) -> ForwardCost:
-    """One forward at stage k's resolution through `depth` blocks (default: stage_depths[k])."""
+def forward_cost(cfg: NamiConfig, stage: int, nested: bool = True) -> ForwardCost:
+    """One forward at stage k's resolution through its blocks (`ModelConfig.depth`: every block unless
+    `nested`)."""
     m = cfg.model
     d, hidden = m.width, int(m.width * m.mlp_ratio)
     patch_dim = cfg.autoencoder.channels * m.patch_size**2
     n_img, n_txt = image_tokens(cfg, stage), cfg.text_encoder.max_length
     n = n_img + n_txt
-    if depth is None:
-        depth = m.stage_depths[stage] if m.nesting else m.double_blocks + m.single_blocks
+    depth = m.depth(stage, nested)
     n_double = min(depth, m.double_blocks)
     n_single = depth - n_double
 
@@ -65,8 +65,7 @@ def forward_cost(cfg: NamiConfig, stage: int, depth: int | None = None) -> Forwa
 
 def uniform_cost(cfg: NamiConfig) -> ForwardCost:
     """The uniform baseline's forward: full resolution, every block."""
-    k = cfg.num_stages - 1
-    return forward_cost(cfg, k, cfg.model.double_blocks + cfg.model.single_blocks)
+    return forward_cost(cfg, cfg.num_stages - 1, nested=False)
 
 
 def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = None, nesting: bool = True) -> float:
@@ -77,17 +76,14 @@ def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = Non
     """
     steps = list(cfg.sampler.steps if steps is None else steps)
     uniform_steps = cfg.sampler.uniform_steps if uniform_steps is None else uniform_steps
-    total_blocks = cfg.model.double_blocks + cfg.model.single_blocks
-    progressive = sum(
-        n * forward_cost(cfg, k, None if nesting else total_blocks).total for k, n in enumerate(steps)
-    )
+    progressive = sum(n * forward_cost(cfg, k, nesting).total for k, n in enumerate(steps))
     return progressive / (uniform_steps * uniform_cost(cfg).total)
 
 
 def cost_summary(cfg: NamiConfig) -> dict:
     """Per-stage costs and ratios as plain numbers (for `nami info`)."""
     stages = [forward_cost(cfg, k) for k in range(cfg.num_stages)]
-    cfg_factor = 1 if cfg.sampler.cfg == 1.0 else 2  # guided steps run the doubled batch
+    cfg_factor = 1 if cfg.sampler.guidance == 1.0 else 2  # guided steps run the doubled batch
     return {
         "tokens_per_stage": [c.image_tokens for c in stages],
         "text_tokens": cfg.text_encoder.max_length,

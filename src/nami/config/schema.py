@@ -1,0 +1,222 @@
+"""The experiment schema: one dataclass per config section, defaults included (see `nami.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Nested MM-DiT shape. `stage_depths` are cumulative block counts over [double..., single...]."""
+
+    double_blocks: int = 2
+    single_blocks: int = 4
+    width: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 4
+    stage_depths: list[int] = field(default_factory=lambda: [2, 4, 6])
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    nesting: bool = True  # False: every stage runs every block (the no-nesting ablation)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.double_blocks + self.single_blocks
+
+    def depth(self, stage: int | None, nested: bool = True) -> int:
+        """Blocks stage k runs: stage_depths[k], or every block for the uniform model (stage None), with
+        nesting off (`model.nesting`), or when the caller samples without nesting (`nested=False`)."""
+        if stage is None or not (self.nesting and nested):
+            return self.num_blocks
+        return self.stage_depths[stage]
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text conditioning. kind: learned (byte tokens, trained), minilm (offline MiniLM), hf (local/hub path)."""
+
+    kind: str = "learned"
+    dim: int = 64  # width of the token states handed to the model
+    pooled_dim: int = 64  # width of the pooled vector
+    max_length: int = 32  # tokens per caption (bytes for `learned`)
+    path: str | None = None  # hf: token-state encoder (T5 / mT5 / BERT / CLIP), local path or hub id
+    pooled_path: str | None = None  # hf: separate pooled encoder (CLIP); None pools the states encoder
+    dtype: str = "float32"  # dtype the frozen encoders run in (bfloat16 for big ones)
+    cache_size: int = 0  # frozen encoders: keep the embeddings of this many recent captions (0: off)
+
+
+@dataclass
+class AutoencoderConfig:
+    """Image <-> model space. kind: pixel (identity) or diffusers_kl (AutoencoderKL from `path`)."""
+
+    kind: str = "pixel"
+    channels: int = 3  # latent channels (3 for pixels, 16 for the FLUX / SD3 VAE)
+    downsample: int = 1  # pixels per latent cell (8 for the FLUX / SD3 VAE)
+    path: str | None = None
+    scaling_factor: float | None = None  # None: read from the VAE's own config
+    shift_factor: float | None = None
+
+
+@dataclass
+class RatioPhase:
+    """One phase of the stage-ratio schedule: `ratios` apply from step `start_step` on."""
+
+    start_step: int = 0
+    ratios: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+@dataclass
+class FlowConfig:
+    """The pyramid schedule (DESIGN section 3)."""
+
+    stage_range: list[float] = field(default_factory=lambda: [0.0, 1 / 3, 2 / 3, 1.0])
+    gamma: float = 1 / 3  # Pyramid Flow's corrected-start / block-noise parameter, 0 < gamma <= 1/3
+    sigma_grid: int = 1000  # stage boundaries snap to this grid as in the official code; 0 = exact
+    num_train_timesteps: int = 1000  # model time T runs over [0, num_train_timesteps]
+    timestep_density: str = "logit_normal"  # in-window sigma' density: logit_normal | uniform
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    stage_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    ratio_schedule: list[RatioPhase] = field(default_factory=list)  # empty: stage_ratios throughout
+    caption_dropout: float = 0.1
+    prediction: str = "velocity"  # network output: velocity | data (x-prediction, same velocity loss; flow.prediction)
+
+
+@dataclass
+class BridgeConfig:
+    """BridgeFlow between stages: kind from the bridges registry, and how it is fitted."""
+
+    kind: str = "conv1x1"  # scalar_bias | conv1x1 | mlp | cnn | identity | renoise
+    weights: str | None = None  # bridges.safetensors to load
+    solver: str = "closed_form"  # closed_form (linear kinds) | sgd
+    fit_batches: int = 20
+    heldout_batches: int = 4
+    hidden: int = 64  # mlp / cnn width
+    lr: float = 1e-3
+    sgd_steps: int = 2000
+    ridge: float = 0.0  # Tikhonov term for the closed-form solve (0 = plain least squares)
+    # Add e_(k-1) x (eps - Up(Down(eps))) after the bridge, in training and sampling: the full-resolution noise
+    # detail a deterministic Up-based jump cannot carry (see flow.bridge_jump). Off: DESIGN's deterministic jump.
+    detail_noise: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    """Progressive Euler sampling with classifier-free guidance."""
+
+    steps: list[int] = field(default_factory=lambda: [10, 10, 10])
+    uniform_steps: int = 30  # the single-stage baseline the speed ratio is measured against
+    guidance: float = 4.0  # classifier-free guidance scale w (1: no unconditional branch)
+    mode: str = "progressive"  # progressive | no_nesting | uniform (one stage over [1000, 0], all blocks)
+    timestep_grid: str = "linear"  # linear | official (the released NAMI-2B's integer windows), nami.flow.grids
+
+    def steps_for(self, mode: str | None = None) -> list[int]:
+        """Euler steps per stage for a sampler mode (default `mode`): uniform is one stage of uniform_steps."""
+        return [self.uniform_steps] if (mode or self.mode) == "uniform" else list(self.steps)
+
+
+@dataclass
+class DataConfig:
+    """Streaming shards (webdataset tars or parquet), see DESIGN section 5 and data_modules/."""
+
+    # A path, glob, brace range ({00000..00009}), directory or fsspec URL, or a list of them. Typed Any so
+    # that the override `data.shards=/path/*.tar` (one string) is accepted as well as a list.
+    shards: Any = field(default_factory=list)
+    format: str = "auto"  # auto (from the file name) | webdataset | parquet
+    num_workers: int = 2  # dataloader workers per rank
+    batch_size: int = 16  # samples per rank and batch, split across stages by the stage ratios
+    key_column: str = "key"  # parquet: the sample key (a row without one is "<file>:<row>")
+    caption_column: str = "caption"  # parquet: the caption (tars: .txt, else json["caption"])
+    image_column: str = "image"  # parquet: image bytes, or a {"bytes", "path"} struct
+    min_size: int = 0  # skip images whose shorter side is below this (0: keep all)
+    max_pixels: int = 64_000_000  # skip images with more pixels (decompression bombs), before decoding
+    shuffle_buffer: int = 1000  # 0: no shuffle; n: shard order per epoch + seeded shuffle of n-record blocks
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    schedule: str = "constant"  # after warmup: constant | cosine (to 0 at trainer.max_steps)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainerConfig:
+    default_root_dir: str = "runs"
+    max_steps: int = 1000
+    max_time: str | None = None  # also stop after this wall time, "DD:HH:MM:SS" (e.g. the demo's budget)
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)
+    precision: str = "auto"  # auto (bf16-mixed where matmuls have native bf16, else 32-true) or a Lightning value
+    checkpoint_every: int = 500
+    log_every_n_steps: int = 10
+    resume: str | None = None  # "last" or a checkpoint path
+    keep_checkpoints: int = 3  # newest step checkpoints kept (plus last.ckpt)
+    activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
+    skip_nonfinite: bool = False  # a non-finite loss or gradient: skip the step (True) or stop (False)
+    deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU; slower)
+
+
+@dataclass
+class LogConfig:
+    """What the training run writes besides losses (TensorBoard under runs/<name>/)."""
+
+    sample_every: int = 0  # steps between sample grids (0: only at the end)
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a red circle", "two blue squares", "a green triangle left of a yellow circle"]
+    )
+    sample_seed: int = 0
+    record_keys: bool = False  # write every step's sample keys to keys-rank<r>.jsonl (audits, resume tests)
+
+
+@dataclass
+class EvalConfig:
+    """`nami eval`: the GenEval-Shapes prompt set, and local weights for FID / CLIPScore (skipped when None)."""
+
+    per_category: int = 50  # prompts per GenEval category (six categories)
+    seed: int = 1000  # prompt-set seed, apart from the training data's default 0
+    batch_size: int = 32  # images per sampling / feature batch
+    fid_weights: str | None = None  # InceptionV3 (torchvision layout) or timm weights file, see nami.eval.metrics
+    clip_path: str | None = None  # local CLIPModel + CLIPProcessor directory
+
+
+@dataclass
+class NamiConfig:
+    """The whole experiment. `resolution` is the full-stage image size in pixels."""
+
+    name: str = "nami"
+    seed: int = 0
+    resolution: int = 32
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.flow.stage_range) - 1
+
+    @property
+    def latent_size(self) -> int:
+        """Full-stage latent side (pixels / autoencoder downsample)."""
+        return self.resolution // self.autoencoder.downsample
+
+    def stage_latent_sizes(self) -> list[int]:
+        """Latent side of each stage, coarsest first."""
+        k = self.num_stages
+        return [self.latent_size // 2 ** (k - 1 - s) for s in range(k)]

@@ -1,0 +1,147 @@
+"""Cross-field checks that the schema alone cannot express; every failure names its key (`ConfigError`)."""
+
+from __future__ import annotations
+
+import math
+
+from .. import registry
+from ..errors import ConfigError
+from .schema import DataConfig, NamiConfig
+
+# Choices that belong to the config itself; component names come from `nami.registry`.
+LR_SCHEDULES = ("constant", "cosine")
+DATA_FORMATS = ("auto", "webdataset", "parquet")
+STRATEGIES = ("auto", "ddp", "fsdp")
+SAMPLER_MODES = ("progressive", "no_nesting", "uniform")
+BRIDGE_SOLVERS = ("closed_form", "sgd")
+
+
+def check_built(section: str, kind: str, pairs: dict[str, tuple[int, int]]) -> None:
+    """A built component must have the sizes the config promised: pairs maps a key of `section` to
+    (configured, built); the first mismatch is a ConfigError naming `section.key`."""
+    for key, (want, got) in pairs.items():
+        if want != got:
+            raise ConfigError(f"{section}.{key}", f"is {want} but the {kind} {section.replace('_', ' ')} gives {got}")
+
+
+def _check_registered(reg: registry.Registry, value: str) -> None:
+    _check_choice(reg.key, value, reg.names())
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate(cfg: NamiConfig) -> None:
+    """Cross-field checks that the schema alone cannot express. Raises ConfigError naming the key."""
+    m, f = cfg.model, cfg.flow
+    r = f.stage_range
+    if len(r) < 2 or r[0] != 0.0 or r[-1] != 1.0 or any(b <= a for a, b in zip(r, r[1:])):
+        raise ConfigError("flow.stage_range", f"must increase strictly from 0 to 1, got {r}")
+    k = cfg.num_stages
+    if not 0.0 < f.gamma <= 1 / 3 + 1e-9:
+        raise ConfigError("flow.gamma", f"must lie in (0, 1/3] (block-noise covariance), got {f.gamma}")
+    if f.sigma_grid < 0:
+        raise ConfigError("flow.sigma_grid", f"must be >= 0, got {f.sigma_grid}")
+    if f.sigma_grid:
+        snapped = [math.floor(x * f.sigma_grid + 1e-9) for x in r]
+        if any(b <= a for a, b in zip(snapped, snapped[1:])):
+            raise ConfigError("flow.stage_range", f"two boundaries fall on one point of the {f.sigma_grid} grid")
+    _check_registered(registry.TIMESTEP_DENSITIES, f.timestep_density)
+    _check_registered(registry.PREDICTIONS, f.prediction)
+    _check_choice("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
+    if f.logit_std <= 0:
+        raise ConfigError("flow.logit_std", f"must be > 0, got {f.logit_std}")
+    if not 0.0 <= f.caption_dropout < 1.0:
+        raise ConfigError("flow.caption_dropout", f"must lie in [0, 1), got {f.caption_dropout}")
+    _check_ratios("flow.stage_ratios", f.stage_ratios, k)
+    last = -1
+    for i, phase in enumerate(f.ratio_schedule):
+        if phase.start_step <= last:
+            raise ConfigError(f"flow.ratio_schedule[{i}].start_step", "phases must start at increasing steps")
+        last = phase.start_step
+        _check_ratios(f"flow.ratio_schedule[{i}].ratios", phase.ratios, k)
+
+    total = m.double_blocks + m.single_blocks
+    d = m.stage_depths
+    if len(d) != k:
+        raise ConfigError("model.stage_depths", f"has {len(d)} entries but flow.stage_range defines {k} stages")
+    if any(b <= a for a, b in zip(d, d[1:])) or d[0] < 1:
+        raise ConfigError("model.stage_depths", f"must be positive and strictly increasing, got {d}")
+    if d[-1] != total:
+        raise ConfigError(
+            "model.stage_depths", f"must end at the total block count {total} (double + single), got {d[-1]}"
+        )
+    if m.width % m.heads:
+        raise ConfigError("model.width", f"{m.width} is not divisible by model.heads={m.heads}")
+    if (m.width // m.heads) % 4:
+        raise ConfigError("model.heads", "head width must be divisible by 4 (2D RoPE splits it in rotary pairs)")
+    for key, value in (("model.double_blocks", m.double_blocks), ("model.single_blocks", m.single_blocks)):
+        if value < 0:
+            raise ConfigError(key, f"must be >= 0, got {value}")
+    if m.patch_size < 1:
+        raise ConfigError("model.patch_size", f"must be >= 1, got {m.patch_size}")
+
+    ae = cfg.autoencoder
+    _check_registered(registry.AUTOENCODERS, ae.kind)
+    if ae.downsample < 1:
+        raise ConfigError("autoencoder.downsample", f"must be >= 1, got {ae.downsample}")
+    step = ae.downsample * m.patch_size * 2 ** (k - 1)
+    if cfg.resolution <= 0 or cfg.resolution % step:
+        raise ConfigError(
+            "resolution",
+            f"{cfg.resolution} must be divisible by autoencoder.downsample x model.patch_size x 2^(stages-1) = {step}",
+        )
+
+    te = cfg.text_encoder
+    _check_registered(registry.TEXT_ENCODERS, te.kind)
+    if te.kind == "hf" and not te.path:
+        raise ConfigError("text_encoder.path", "the hf text encoder needs a local path or hub id")
+    if ae.kind == "diffusers_kl" and not ae.path:
+        raise ConfigError("autoencoder.path", "the diffusers_kl autoencoder needs a local path or hub id")
+
+    b = cfg.bridge
+    _check_registered(registry.BRIDGES, b.kind)
+    _check_choice("bridge.solver", b.solver, BRIDGE_SOLVERS)
+    if b.solver == "closed_form" and b.kind in ("mlp", "cnn"):
+        raise ConfigError("bridge.solver", f"bridge.kind={b.kind} has no closed form; use bridge.solver=sgd")
+
+    s = cfg.sampler
+    if len(s.steps) != k or any(n < 1 for n in s.steps):
+        raise ConfigError("sampler.steps", f"needs one positive step count per stage ({k}), got {s.steps}")
+    if s.uniform_steps < 1:
+        raise ConfigError("sampler.uniform_steps", f"must be >= 1, got {s.uniform_steps}")
+    _check_choice("sampler.mode", s.mode, SAMPLER_MODES)
+    _check_registered(registry.TIMESTEP_GRIDS, s.timestep_grid)
+    if not math.isfinite(s.guidance):
+        raise ConfigError("sampler.guidance", f"must be a finite number, got {s.guidance}")
+
+    _check_data(cfg.data)
+    _check_choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
+    for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints"):
+        if getattr(cfg.trainer, key) < 1:
+            raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
+
+
+def _check_data(d: DataConfig) -> None:
+    shards = [d.shards] if isinstance(d.shards, str) else d.shards
+    if not isinstance(shards, list) or not all(isinstance(p, str) and p for p in shards):
+        raise ConfigError("data.shards", f"must be a path, glob or URL, or a list of them; got {d.shards!r}")
+    _check_choice("data.format", d.format, DATA_FORMATS)
+    for key in ("num_workers", "min_size", "shuffle_buffer"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
+    for key in ("batch_size", "max_pixels"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+    for key in ("key_column", "caption_column", "image_column"):
+        if not getattr(d, key):
+            raise ConfigError(f"data.{key}", "must be a column name")
+
+
+def _check_ratios(key: str, ratios: list[float], stages: int) -> None:
+    if len(ratios) != stages:
+        raise ConfigError(key, f"needs one ratio per stage ({stages}), got {ratios}")
+    if any(x < 0 for x in ratios) or sum(ratios) <= 0:
+        raise ConfigError(key, f"ratios must be >= 0 with a positive sum, got {ratios}")

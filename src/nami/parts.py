@@ -1,0 +1,73 @@
+"""`build_parts(cfg)`: the one builder of what a run needs, handed to LightningModules, benches and notebooks.
+
+Model, text encoder, autoencoder, bridge and `PyramidFlow` are built here from the config, the way
+lightning-hydra-template builds the net before the LightningModule sees it; nothing downstream reads
+`cfg.flow` or builds a part of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bridges import BridgeFlow, bridge_from_config, load_bridges
+from .config import ConfigError, NamiConfig
+from .flow import PyramidFlow
+from .models import Autoencoder, NestedMMDiT, TextEncoder, build_autoencoder, build_model, build_text_encoder
+
+
+@dataclass
+class Parts:
+    """Everything the flow math needs around it; `flow.bridge` is `bridge`."""
+
+    model: NestedMMDiT | None  # None when built with networks=False (bridge fitting)
+    text_encoder: TextEncoder | None
+    autoencoder: Autoencoder
+    bridge: BridgeFlow
+    flow: PyramidFlow
+
+
+def bridge_weights_path(cfg: NamiConfig, run_dir: str | Path | None) -> Path | None:
+    """Where the fitted bridge of a run lives: `bridge.weights`, else <run_dir>/bridges.safetensors
+    (None for kinds without weights, or with neither set)."""
+    if cfg.bridge.weights:
+        return Path(cfg.bridge.weights)
+    return Path(run_dir) / "bridges.safetensors" if run_dir is not None else None
+
+
+def fitted_bridge(cfg: NamiConfig, run_dir: str | Path | None) -> BridgeFlow:
+    """The configured bridge with its fitted weights (kinds without weights need none)."""
+    bridge = bridge_from_config(cfg)
+    if not bridge.learnable:
+        return bridge
+    path = bridge_weights_path(cfg, run_dir)
+    if path is None or not path.is_file():
+        where = f" at {path}" if path is not None else ""
+        raise ConfigError(
+            "bridge.weights",
+            f"no fitted {cfg.bridge.kind} bridge{where}: run `nami pretrain-bridge CONFIG` first "
+            "(or set bridge.weights=PATH)",
+        )
+    return load_bridges(bridge, path)
+
+
+def build_parts(
+    cfg: NamiConfig,
+    run_dir: str | Path | None = None,
+    fitted: bool = True,
+    networks: bool = True,
+    bridge: BridgeFlow | None = None,
+) -> Parts:
+    """The parts `cfg` describes. With `fitted` the bridge's weights are loaded (see `fitted_bridge`), else
+    it is freshly initialised (bridge fitting, speed benchmarks); a given `bridge` is used as it is.
+    `networks=False` leaves out the MM-DiT and the text encoder (bridge fitting needs neither; at 2B they are
+    most of the memory)."""
+    if bridge is None:
+        bridge = fitted_bridge(cfg, run_dir) if fitted else bridge_from_config(cfg)
+    return Parts(
+        model=build_model(cfg) if networks else None,
+        text_encoder=build_text_encoder(cfg.text_encoder) if networks else None,
+        autoencoder=build_autoencoder(cfg.autoencoder),
+        bridge=bridge,
+        flow=PyramidFlow.from_config(cfg, bridge),
+    )

@@ -38,7 +38,7 @@ def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup:
                     continue
                 try:
                     image_tensor(
-                        _image_bytes(record, d.image_column), cfg.resolution, None, d.max_pixels, d.min_size
+                        _image_bytes(record, d.image_column), cfg.resolution, None, d.max_pixels, cfg.min_image_side()
                     )
                 except Skip:
                     continue

@@ -18,6 +18,9 @@ class ModelConfig:
     patch_size: int = 4
     stage_depths: list[int] = field(default_factory=lambda: [2, 4, 6])
     rope_theta: float = 10000.0
+    # Rotary dims per position-id axis (0, row, col), summing to the head width; None: [0, head/2, head/2]. The
+    # released NAMI-2B uses [16, 56, 56] (diffusers' FluxPosEmbed; the first axis is 0 for every token).
+    rope_axes: list[int] | None = None
     qk_norm: bool = True
     nesting: bool = True  # False: every stage runs every block (the no-nesting ablation)
 
@@ -45,6 +48,12 @@ class TextEncoderConfig:
     pooled_path: str | None = None  # hf: separate pooled encoder (CLIP); None pools the states encoder
     dtype: str = "float32"  # dtype the frozen encoders run in (bfloat16 for big ones)
     cache_size: int = 0  # frozen encoders: keep the embeddings of this many recent captions (0: off)
+    encoder_mask: bool = True  # hf: give the states encoder its padding mask (the released NAMI-2B: false)
+    attention_mask: bool = True  # the MM-DiT skips padding text tokens (the released NAMI-2B: false, attends all)
+    # hf: the pooled vector: auto (the pooled encoder's pooler output, else the mean of the states), first (the
+    # pooled encoder's position-0 hidden state, BERT-style: HunyuanDiT's multilingual CLIP), mean
+    pooling: str = "auto"
+    pooled_max_length: int | None = None  # hf: tokens for the pooled encoder (None: max_length, capped by it)
 
 
 @dataclass
@@ -111,6 +120,13 @@ class SamplerConfig:
     guidance: float = 4.0  # classifier-free guidance scale w (1: no unconditional branch)
     mode: str = "progressive"  # progressive | no_nesting | uniform (one stage over [1000, 0], all blocks)
     timestep_grid: str = "linear"  # linear | official (the released NAMI-2B's integer windows), nami.flow.grids
+    prompt_suffix: str = ""  # appended to every prompt (the release: ".extremely detailed,best quality,...")
+    negative_prompt: str = ""  # the unconditional branch of guidance ("" = the empty prompt)
+    # sampling precision: auto (autocast as trainer.precision resolves), fp32, bf16-mixed, fp16-mixed, or
+    # fp16-true / bf16-true (weights and activations cast, as the release runs in fp16)
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the block stack per stage shape (GPU; CPU gains nothing)
+    fp8: bool = False  # float8 linears (torchao) on GPUs that have them; reported apart from bf16
 
     def steps_for(self, mode: str | None = None) -> list[int]:
         """Euler steps per stage for a sampler mode (default `mode`): uniform is one stage of uniform_steps."""
@@ -124,13 +140,14 @@ class DataConfig:
     # A path, glob, brace range ({00000..00009}), directory or fsspec URL, or a list of them. Typed Any so
     # that the override `data.shards=/path/*.tar` (one string) is accepted as well as a list.
     shards: Any = field(default_factory=list)
-    format: str = "auto"  # auto (from the file name) | webdataset | parquet
+    format: str = "auto"  # auto (from the file name) | webdataset | parquet | hf (datasets.load_dataset)
     num_workers: int = 2  # dataloader workers per rank
     batch_size: int = 16  # samples per rank and batch, split across stages by the stage ratios
     key_column: str = "key"  # parquet: the sample key (a row without one is "<file>:<row>")
-    caption_column: str = "caption"  # parquet: the caption (tars: .txt, else json["caption"])
-    image_column: str = "image"  # parquet: image bytes, or a {"bytes", "path"} struct
-    min_size: int = 0  # skip images whose shorter side is below this (0: keep all)
+    caption_column: str = "caption"  # parquet / hf: the caption column; tars: .txt, else this json field
+    image_column: str = "image"  # parquet / hf: image bytes, or a {"bytes", "path"} struct
+    min_size: int | None = None  # skip images whose shorter side is below this (None: resolution // 8; 0: none)
+    precomputed: bool = False  # shards written by `nami data encode`: stored latents and text states
     max_pixels: int = 64_000_000  # skip images with more pixels (decompression bombs), before decoding
     shuffle_buffer: int = 1000  # 0: no shuffle; n: shard order per epoch + seeded shuffle of n-record blocks
 
@@ -158,7 +175,9 @@ class TrainerConfig:
     precision: str = "auto"  # auto (bf16-mixed where matmuls have native bf16, else 32-true) or a Lightning value
     checkpoint_every: int = 500
     log_every_n_steps: int = 10
-    resume: str | None = None  # "last" or a checkpoint path
+    resume: str | None = None  # "last", "auto" (last if there is one, else fresh) or a checkpoint path
+    init_from: str | None = None  # start from these weights (a converted or exported model directory)
+    run_dir_exists: str = "error"  # a run directory made with another config: error | new (suffix) | overwrite
     keep_checkpoints: int = 3  # newest step checkpoints kept (plus last.ckpt)
     activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
     skip_nonfinite: bool = False  # a non-finite loss or gradient: skip the step (True) or stop (False)
@@ -186,6 +205,8 @@ class EvalConfig:
     batch_size: int = 32  # images per sampling / feature batch
     fid_weights: str | None = None  # InceptionV3 (torchvision layout) or timm weights file, see nami.eval.metrics
     clip_path: str | None = None  # local CLIPModel + CLIPProcessor directory
+    every_n_steps: int = 0  # training: score GenEval-Shapes with the EMA weights every n steps (0: off)
+    keep_best: bool = False  # training: also keep the checkpoint with the best eval/overall
 
 
 @dataclass
@@ -215,6 +236,11 @@ class NamiConfig:
     def latent_size(self) -> int:
         """Full-stage latent side (pixels / autoencoder downsample)."""
         return self.resolution // self.autoencoder.downsample
+
+    def min_image_side(self) -> int:
+        """Shorter image side below which a sample is skipped as too small (data.min_size, default 1/8 of the
+        resolution: upscaling more than 8x gives a blurred image, not a training sample)."""
+        return self.resolution // 8 if self.data.min_size is None else self.data.min_size
 
     def stage_latent_sizes(self) -> list[int]:
         """Latent side of each stage, coarsest first."""

@@ -10,7 +10,10 @@ from .schema import DataConfig, NamiConfig
 
 # Choices that belong to the config itself; component names come from `nami.registry`.
 LR_SCHEDULES = ("constant", "cosine")
-DATA_FORMATS = ("auto", "webdataset", "parquet")
+DATA_FORMATS = ("auto", "webdataset", "parquet", "hf")
+TEXT_POOLINGS = ("auto", "first", "mean")
+SAMPLER_PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "fp16-true")
+RUN_DIR_POLICIES = ("error", "new", "overwrite")
 STRATEGIES = ("auto", "ddp", "fsdp")
 SAMPLER_MODES = ("progressive", "no_nesting", "uniform")
 BRIDGE_SOLVERS = ("closed_form", "sgd")
@@ -82,6 +85,11 @@ def validate(cfg: NamiConfig) -> None:
             raise ConfigError(key, f"must be >= 0, got {value}")
     if m.patch_size < 1:
         raise ConfigError("model.patch_size", f"must be >= 1, got {m.patch_size}")
+    head = m.width // m.heads
+    if m.rope_axes is not None and (len(m.rope_axes) != 3 or sum(m.rope_axes) != head
+                                    or any(a < 0 or a % 2 for a in m.rope_axes)):  # fmt: skip
+        raise ConfigError("model.rope_axes", f"needs three even dims (ids 0, row, col) summing to the head width "
+                                             f"{head}, got {m.rope_axes}")  # fmt: skip
 
     ae = cfg.autoencoder
     _check_registered(registry.AUTOENCODERS, ae.kind)
@@ -98,6 +106,9 @@ def validate(cfg: NamiConfig) -> None:
     _check_registered(registry.TEXT_ENCODERS, te.kind)
     if te.kind == "hf" and not te.path:
         raise ConfigError("text_encoder.path", "the hf text encoder needs a local path or hub id")
+    _check_choice("text_encoder.pooling", te.pooling, TEXT_POOLINGS)
+    if te.pooled_max_length is not None and te.pooled_max_length < 1:
+        raise ConfigError("text_encoder.pooled_max_length", f"must be >= 1, got {te.pooled_max_length}")
     if ae.kind == "diffusers_kl" and not ae.path:
         raise ConfigError("autoencoder.path", "the diffusers_kl autoencoder needs a local path or hub id")
 
@@ -116,9 +127,13 @@ def validate(cfg: NamiConfig) -> None:
     _check_registered(registry.TIMESTEP_GRIDS, s.timestep_grid)
     if not math.isfinite(s.guidance):
         raise ConfigError("sampler.guidance", f"must be a finite number, got {s.guidance}")
+    _check_choice("sampler.precision", s.precision, SAMPLER_PRECISIONS)
 
     _check_data(cfg.data)
     _check_choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
+    _check_choice("trainer.run_dir_exists", cfg.trainer.run_dir_exists, RUN_DIR_POLICIES)
+    if cfg.eval.every_n_steps < 0:
+        raise ConfigError("eval.every_n_steps", f"must be >= 0, got {cfg.eval.every_n_steps}")
     for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints"):
         if getattr(cfg.trainer, key) < 1:
             raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
@@ -130,7 +145,7 @@ def _check_data(d: DataConfig) -> None:
         raise ConfigError("data.shards", f"must be a path, glob or URL, or a list of them; got {d.shards!r}")
     _check_choice("data.format", d.format, DATA_FORMATS)
     for key in ("num_workers", "min_size", "shuffle_buffer"):
-        if getattr(d, key) < 0:
+        if getattr(d, key) is not None and getattr(d, key) < 0:
             raise ConfigError(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
     for key in ("batch_size", "max_pixels"):
         if getattr(d, key) < 1:

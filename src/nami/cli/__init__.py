@@ -1,0 +1,45 @@
+"""The `nami` command: parse, load the config, call library code. Errors in config or input are one line
+on stderr and exit code 2, before any compute.
+
+One module per command group (training.py, inference.py, data.py, bench.py); each offers `add_commands(sub)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError, RunStopped
+from . import bench, data, inference, training
+
+COMMAND_GROUPS = (training, inference, data, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nami", description="NAMI kit: multi-stage rectified flow.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        group.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may also follow options: `nami info CONFIG --json key=value`
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"nami: error: {err}", file=sys.stderr)
+        return 2
+    except RunStopped as err:  # e.g. a non-finite loss: one line, exit 1
+        print(f"nami: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

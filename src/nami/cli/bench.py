@@ -1,0 +1,57 @@
+"""`nami bench sampling|training|data`: measured throughput and speed ratios."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import load
+from .common import add_config_args, positive_int, print_report
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    """Data pipeline samples/s next to a bare decode+resize loop over the same files."""
+    from data_modules.bench import bench_data, format_bench
+
+    report = bench_data(load(args.config, args.overrides), samples=args.samples)
+    return print_report(args, report, format_bench)
+
+
+def cmd_bench_sampling(args: argparse.Namespace) -> int:
+    """Uniform vs progressive vs no-nesting sampling time, bridge vs renoise transitions, vs the FLOP model."""
+    from ..lit.inference import ProgressiveInferenceModule
+    from ..perf.bench import bench_sampling, format_sampling
+
+    cfg = load(args.config, args.overrides)
+    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt) if args.ckpt else None
+    report = bench_sampling(cfg, module, batch=args.batch or cfg.eval.batch_size, repeats=args.repeats)
+    return print_report(args, report, format_sampling)
+
+
+def cmd_bench_training(args: argparse.Namespace) -> int:
+    """Joint multi-resolution training step vs full-resolution-only step, vs the FLOP model."""
+    from ..perf.bench import bench_training, format_training
+
+    report = bench_training(load(args.config, args.overrides), repeats=args.repeats)
+    return print_report(args, report, format_training)
+
+
+def add_commands(sub):
+    """The `bench` group; returns its subparsers so other benchmarks (sampling, training) join it."""
+    bench = sub.add_parser("bench", help="measured throughput and speed ratios")
+    group = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    data = group.add_parser("data", help=cmd_bench_data.__doc__.splitlines()[0])
+    add_config_args(data)
+    data.add_argument("--samples", type=positive_int, default=2000, help="samples timed per loop")
+    data.set_defaults(func=cmd_bench_data)
+    sampling = group.add_parser("sampling", help=cmd_bench_sampling.__doc__.splitlines()[0])
+    add_config_args(sampling)
+    sampling.add_argument("--ckpt", help="trained weights (timing does not depend on them; default: random init)")
+    sampling.add_argument("--batch", type=positive_int, default=None,
+                          help="images per sampling call (default: eval.batch_size, the batch `nami eval` samples with)")
+    sampling.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median)")
+    sampling.set_defaults(func=cmd_bench_sampling)
+    training = group.add_parser("training", help=cmd_bench_training.__doc__.splitlines()[0])
+    add_config_args(training)
+    training.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median)")
+    training.set_defaults(func=cmd_bench_training)
+    return group

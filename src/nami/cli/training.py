@@ -1,0 +1,49 @@
+"""`nami info`, `nami pretrain-bridge`, `nami train`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import load
+from .common import add_config_args, print_report
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Parameters, tokens and FLOPs per stage, schedule, predicted progressive/uniform time ratio."""
+    from ..perf import format_report, info_report
+
+    report = info_report(load(args.config, args.overrides))
+    return print_report(args, report, format_report)
+
+
+def cmd_pretrain_bridge(args: argparse.Namespace) -> int:
+    """Fit BridgeFlow (closed form or SGD); write runs/<name>/bridges.safetensors and bridge_report.json."""
+    from ..lit.runner import pretrain_bridges, run_dir
+
+    cfg = load(args.config, args.overrides)
+    report = pretrain_bridges(cfg)
+    if report:  # rank 0 of a multi-process run, or the only process
+        for name, per_transition in report["heldout_mse"].items():
+            values = ", ".join(f"{t}={v:.5f}" for t, v in per_transition.items())
+            print(f"held-out MSE {name:>12}: {values}")
+        print(f"wrote {run_dir(cfg) / 'bridges.safetensors'} and bridge_report.json")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Joint multi-resolution flow training (resumable with trainer.resume=last)."""
+    from ..lit.runner import train
+
+    out = train(load(args.config, args.overrides))
+    print(f"run directory: {out}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    info = sub.add_parser("info", help=cmd_info.__doc__.splitlines()[0])
+    add_config_args(info)
+    info.set_defaults(func=cmd_info)
+    for name, func in (("pretrain-bridge", cmd_pretrain_bridge), ("train", cmd_train)):
+        parser = sub.add_parser(name, help=func.__doc__.splitlines()[0])
+        add_config_args(parser, json_flag=False)
+        parser.set_defaults(func=func)

@@ -1,4 +1,4 @@
-"""Imports run one way (DESIGN section 2): cli, perf -> lit, data_modules -> parts -> models, bridges -> flow ->
+"""Imports run one way (DESIGN section 2): cli, ablate, perf -> lit, data_modules -> parts -> models, bridges -> flow ->
 config. Every import statement of the kit is read, those inside functions included."""
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ ALLOWED = {
     "nami.lit": (*LOWER, "nami.flow", "nami.bridges", "nami.models", "nami.eval", "nami.parts", "data_modules"),
     "nami.perf": (*LOWER, "nami.flow", "nami.bridges", "nami.models", "nami.eval", "nami.parts", "nami.lit",
                   "data_modules"),
+    "nami.ablate": (*LOWER, "nami.flow", "nami.bridges", "nami.models", "nami.eval", "nami.parts", "nami.lit",
+                    "nami.perf", "data_modules"),
     "nami.cli": (*LOWER, "nami.flow", "nami.bridges", "nami.models", "nami.eval", "nami.parts", "nami.lit",
-                 "nami.perf", "data_modules"),
+                 "nami.perf", "nami.ablate", "data_modules"),
     "nami": ("nami.config", "nami.errors"),
 }
 

@@ -1,5 +1,9 @@
 """Prompts -> images: the one sampling path of training callbacks, `nami sample`, `nami eval`, the benches and
-the notebooks. The math is `PyramidFlow.sample`; this adds prompts, seeds, modes, autocast and decoding."""
+the notebooks. The math is `PyramidFlow.sample`; this adds prompts, seeds, modes, precision and decoding.
+
+`SamplingOptions` carries what `sampler.*` says about prompts and precision (the released NAMI-2B appends a
+suffix to every prompt, guides against a negative prompt and runs in fp16); the default options are the plain
+behaviour (no suffix, the empty prompt as the unconditional input, the caller's autocast dtype)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import SAMPLER_MODES
+from ..config import SAMPLER_MODES, SamplerConfig
 from ..flow import PyramidFlow, SampleTrace, initial_noise, up
 from ..models import Autoencoder, NestedMMDiT, TextEmbedding, TextEncoder, model_fn
 from ..parts import Parts
@@ -25,30 +29,71 @@ class SampleResult:
     trace: SampleTrace | None = None
 
 
-class Pipeline:
-    """Model, text encoder, autoencoder and flow; `mode` picks progressive, progressive without nesting
-    (every block in every stage) or uniform (one stage over the whole path, every block)."""
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, model: NestedMMDiT, text_encoder: TextEncoder, autoencoder: Autoencoder, flow: PyramidFlow,
-                 latent_size: int):  # fmt: skip
-        self.model, self.text_encoder, self.autoencoder, self.flow = model, text_encoder, autoencoder, flow
-        self.latent_size = latent_size  # full-stage latent side
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Prompt suffix, negative prompt (the unconditional branch of guidance) and precision for sampling:
+    auto (the dtype the caller passes, from trainer.precision), fp32, bf16-mixed / fp16-mixed (autocast), or
+    bf16-true / fp16-true (weights and activations cast)."""
+
+    prompt_suffix: str = ""
+    negative_prompt: str = ""
+    precision: str = "auto"
 
     @classmethod
-    def from_parts(cls, parts: Parts, latent_size: int, model=None, text_encoder=None) -> "Pipeline":
+    def from_config(cls, sampler: SamplerConfig) -> "SamplingOptions":
+        return cls(sampler.prompt_suffix, sampler.negative_prompt, sampler.precision)
+
+    @property
+    def cast_dtype(self) -> torch.dtype | None:
+        """The dtype weights and activations are cast to (the *-true precisions), else None."""
+        kind, _, mode = self.precision.partition("-")
+        return PRECISION_DTYPES[kind] if mode == "true" else None
+
+    def autocast_dtype(self, default: torch.dtype | None) -> torch.dtype | None:
+        """The autocast dtype for sampling: `default` (the caller's) under auto, else the configured one."""
+        if self.precision == "auto":
+            return default
+        kind, _, mode = self.precision.partition("-")
+        return PRECISION_DTYPES[kind] if mode == "mixed" else None
+
+
+class Pipeline:
+    """Model, text encoder, autoencoder and flow; `mode` picks progressive, progressive without nesting
+    (every block in every stage) or uniform (one stage over the whole path, every block).
+
+    With a *-true precision in `options` the pipeline casts the model it is given: hand it a model that only
+    samples (the inference module's), never one still training."""
+
+    def __init__(self, model: NestedMMDiT, text_encoder: TextEncoder, autoencoder: Autoencoder, flow: PyramidFlow,
+                 latent_size: int, options: SamplingOptions | None = None):  # fmt: skip
+        self.model, self.text_encoder, self.autoencoder, self.flow = model, text_encoder, autoencoder, flow
+        self.latent_size = latent_size  # full-stage latent side
+        self.options = options or SamplingOptions()
+        if self.options.cast_dtype is not None:
+            self.model.to(self.options.cast_dtype)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, latent_size: int, model=None, text_encoder=None,
+                   options: SamplingOptions | None = None) -> "Pipeline":  # fmt: skip
         """From built parts; `model` / `text_encoder` stand in for theirs (e.g. the EMA copies)."""
         return cls(model if model is not None else parts.model,
                    text_encoder if text_encoder is not None else parts.text_encoder,
-                   parts.autoencoder, parts.flow, latent_size)  # fmt: skip
+                   parts.autoencoder, parts.flow, latent_size, options)  # fmt: skip
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def encode_prompts(self, prompts: list[str], guidance: float) -> TextEmbedding:
-        """The prompts' embeddings, followed by as many empty-prompt ones when guidance needs them."""
-        prompts = list(prompts) + ([""] * len(prompts) if guidance != 1.0 else [])
-        return self.text_encoder(prompts).to(self.device)
+        """The prompts' embeddings (each with the prompt suffix), then as many negative-prompt ones (the empty
+        prompt by default) when guidance needs them."""
+        o = self.options
+        texts = [p + o.prompt_suffix for p in prompts]
+        texts += [o.negative_prompt] * len(prompts) if guidance != 1.0 else []
+        return self.text_encoder(texts).to(self.device)
 
     def flow_for(self, mode: str) -> PyramidFlow:
         """The flow a mode samples: uniform is one stage over the whole path."""
@@ -82,6 +127,11 @@ class Pipeline:
         flow = self.flow_for(mode)
         noise = self.initial_noise(generators, flow.num_stages)
         network = model_fn(self.model, nested=mode == "progressive")
+        cast = self.options.cast_dtype
+        if cast is not None:  # the model runs in `cast`; the latents and the Euler steps stay in float32
+            text = TextEmbedding(text.states.to(cast), text.mask, text.pooled.to(cast))
+            network = _casting(network, cast)
+        dtype = self.options.autocast_dtype(dtype)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             return flow.sample(network, noise, text, steps, guidance, generators, keep_stages)
 
@@ -115,3 +165,12 @@ class Pipeline:
         while z.shape[-1] < self.latent_size:
             z = up(z)
         return z
+
+
+def _casting(network, dtype: torch.dtype):
+    """The network fed latents in `dtype`, its output returned in float32."""
+
+    def call(z, model_time, k, text):
+        return network(z.to(dtype), model_time, k, text).float()
+
+    return call

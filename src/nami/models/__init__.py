@@ -25,6 +25,7 @@ def build_model(cfg: NamiConfig) -> NestedMMDiT:
         mlp_ratio=m.mlp_ratio,
         rope_theta=m.rope_theta,
         qk_norm=m.qk_norm,
+        rope_axes=m.rope_axes,
     )
 
 

@@ -63,6 +63,20 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
     return torch.cat([rows, cols], dim=-1)
 
 
+def axis_rope_angles(ids: torch.Tensor, axes: list[int], theta: float = 10000.0) -> torch.Tensor:
+    """Rotation angles (N, sum(axes)/2) for position ids (N, len(axes)), as diffusers' FluxPosEmbed computes
+    them: axis i rotates its axes[i]/2 consecutive pairs at frequencies theta^(-arange(0, d, 2)/d), in float64
+    (cos and sin are rounded to float32 only in `apply_rope`), so the rotations match diffusers' exactly."""
+    # MPS has no float64 (diffusers falls back the same way)
+    dtype = torch.float32 if ids.device.type == "mps" else torch.float64
+    pos = ids.to(dtype)
+    out = []
+    for i, dim in enumerate(axes):
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=dtype, device=ids.device) / dim))
+        out.append(pos[:, i : i + 1] * freqs[None])
+    return torch.cat(out, dim=-1)
+
+
 def image_positions(h: int, w: int, device=None) -> torch.Tensor:
     """(row, col) of every token on an h x w grid, row-major: (h*w, 2)."""
     rows = torch.arange(h, device=device).repeat_interleave(w)
@@ -71,9 +85,11 @@ def image_positions(h: int, w: int, device=None) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (B, H, N, D) by angles (N, D/2); computed in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    cos, sin = angles.cos(), angles.sin()
+    """Rotate consecutive pairs of x (B, H, N, D) by angles (N, D/2); computed in float32 at least (float64
+    angles: cos and sin are taken in float64, then rounded to the compute dtype, as diffusers does)."""
+    compute = torch.promote_types(x.dtype, torch.float32)  # float32 for half inputs, float64 stays float64
+    pairs = x.to(compute).unflatten(-1, (-1, 2))
+    cos, sin = angles.cos().to(compute), angles.sin().to(compute)
     a, b = pairs[..., 0], pairs[..., 1]
     out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)

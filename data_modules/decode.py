@@ -28,7 +28,7 @@ SKIP_REASONS = (
     "undecodable",  # the decoder failed
     "too_small",  # shorter side < data.min_size
     "too_large",  # more pixels than data.max_pixels (decompression bomb), rejected before decoding
-    "no_caption",  # no .txt, no json["caption"], no caption column (or only whitespace)
+    "no_caption",  # no .txt, no json[data.caption_column], no caption column (or only whitespace)
 )
 REPAIR_REASONS = (
     "caption_not_utf8",  # kept, invalid bytes replaced by U+FFFD
@@ -166,7 +166,8 @@ def _text(raw: Any, repaired: Counter) -> str | None:
 
 
 def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tuple[bytes | None, str, Any]:
-    """(image bytes, caption, metadata); the caption from .txt, else json["caption"], else the column."""
+    """(image bytes, caption, metadata). Tars: the caption from .txt, else the json field named
+    data.caption_column (img2dataset writes `caption`; GRIT-style sets may use another). Parquet: that column."""
     f = record.fields
     if record.format == "parquet":
         image = f.get(opts.image_column)
@@ -186,7 +187,7 @@ def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tupl
             repaired["bad_json"] += 1
     caption = _text(f.get("txt"), repaired)
     if caption is None and isinstance(metadata, dict):
-        caption = _text(metadata.get("caption"), repaired)
+        caption = _text(metadata.get(opts.caption_column), repaired)
     if caption is None:
         raise Skip("no_caption")
     return image, caption, metadata

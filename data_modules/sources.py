@@ -79,6 +79,23 @@ def _expand(pattern: str, fmt: str) -> list[str]:
     return [p if local else fs.unstrip_protocol(p) for p in found]
 
 
+# fsspec protocol -> the package that implements it (fsspec names it in its ImportError, not how to get it)
+DRIVERS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "hf": "huggingface_hub"}
+
+
+def _listing(pattern: str, fmt: str) -> list[str]:
+    """`_expand`, with a missing fsspec driver or an unreachable store as one ConfigError line."""
+    try:
+        return _expand(pattern, fmt)
+    except ImportError as err:
+        protocol = pattern.split("://", 1)[0] if "://" in pattern else "file"
+        package = DRIVERS.get(protocol, f"the fsspec driver for {protocol}://")
+        raise ConfigError("data.shards", f"{pattern}: {str(err).splitlines()[0]} (pip install {package})") from None
+    except Exception as err:  # noqa: BLE001 - network and store errors come in many types; all mean "cannot list"
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError("data.shards", f"cannot list {pattern} ({type(err).__name__}: {detail})") from None
+
+
 def resolve_shards(spec: Any, fmt: str = "auto") -> list[Shard]:
     """Expand `data.shards` into shards, in pattern order then name order, without duplicates."""
     if fmt != "auto" and fmt not in FORMATS:
@@ -86,7 +103,7 @@ def resolve_shards(spec: Any, fmt: str = "auto") -> list[Shard]:
     urls: list[str] = []
     for pattern in shard_patterns(spec):
         for one in braceexpand(pattern):  # img2dataset-style ranges: {00000..00099}.tar
-            found = _expand(one, fmt)
+            found = _listing(one, fmt)
             if not found:
                 raise ConfigError("data.shards", f"{one} matches no file")
             urls.extend(found)

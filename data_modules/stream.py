@@ -123,6 +123,7 @@ class ShardStream(IterableDataset):
         # After a resume the loader must start with the worker that was next; DataLoader always starts
         # with worker 0, so physical worker p plays logical worker (p + first_worker) % W.
         self.first_worker = first_worker
+        self._warned: set[tuple[str, str]] = set()  # (reason, shard) pairs this worker has warned about
 
     def __iter__(self) -> Iterator[StageBatch]:
         info = get_worker_info()
@@ -205,8 +206,11 @@ class ShardStream(IterableDataset):
 
     def _decode(self, item: Record | Failure, state: WorkerState) -> Sample | None:
         if isinstance(item, Failure):
-            detail = item.detail.splitlines()[0] if item.detail else ""
-            log.warning("skipping %s at record %d of %s: %s", item.reason, item.index, item.shard, detail)
+            if (item.reason, item.shard) not in self._warned:  # epochs repeat: say it once, count it every time
+                self._warned.add((item.reason, item.shard))
+                detail = item.detail.splitlines()[0] if item.detail else ""
+                log.warning("skipping %s at record %d of %s: %s (warned once per shard; counted as data/skipped_%s)",
+                            item.reason, item.index, item.shard, detail, item.reason)  # fmt: skip
             state.skipped[item.reason] += 1
             return None
         rng = random.Random(f"crop:{self.spec.seed}:{state.epoch}:{item.key}") if self.spec.train else None

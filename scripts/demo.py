@@ -68,8 +68,9 @@ def main() -> None:
     budget = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     run("train", [NAMI, "train", *config, f"trainer.max_time={budget}"], times)
     prompt_args = [a for p in PROMPTS for a in ("--prompt", p)]
-    run("sample", [NAMI, "sample", *config, "--ckpt", str(run_dir), *prompt_args, "--stages",
-                   "--out", str(run_dir / "demo_samples")], times)  # fmt: skip
+    written = run("sample", [NAMI, "sample", *config, "--ckpt", str(run_dir), *prompt_args, "--stages",
+                             "--out", str(run_dir / "demo_samples")], times, capture=True).split()  # fmt: skip
+    grid = next(p for p in written if p.endswith("grid.png"))
     scores = json.loads(run("eval", [NAMI, "eval", *config, "--ckpt", str(run_dir), "--json"], times, True))
     bench = json.loads(run("bench", [NAMI, "bench", "sampling", *config, "--ckpt", str(run_dir), "--json"],
                            times, True))  # fmt: skip
@@ -79,7 +80,7 @@ def main() -> None:
 
     print("\n== NAMI tiny demo: results")
     print(f"run directory      {run_dir}/ (checkpoints/, tb/, weights.safetensors, bridges.safetensors)")
-    print(f"samples            {run_dir / 'demo_samples'}/grid.png and *-stages.png (coarse to fine)")
+    print(f"samples            {grid} and *-stages.png beside it (coarse to fine)")
     print(f"TensorBoard        .venv/bin/tensorboard --logdir {run_dir / 'tb'}")
     print("GenEval-Shapes     " + "  ".join(f"{k}={scores[k]:.2f}" for k in
           ("single_object", "two_object", "counting", "colors", "position", "color_attr", "overall")))  # fmt: skip

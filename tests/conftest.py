@@ -26,3 +26,12 @@ def tiny_cfg():
     from nami.config import load
 
     return load(EXPERIMENTS / "tiny.yaml", LEARNED_TEXT)
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation(tmp_path_factory):
+    """A two-arm, two-seed `nami ablate`, killed after its first arm x seed and resumed
+    (tests/ablation_fixtures.py); test_ablate.py and notebook 03 share it in one xdist group."""
+    from .ablation_fixtures import run_killed_then_resumed
+
+    return run_killed_then_resumed(tmp_path_factory.mktemp("ablate"))

@@ -79,6 +79,7 @@ def test_nami_sample_writes_images_and_stage_strips(run, tmp_path):
                                          *[a for p in PROMPTS for a in ("--prompt", p)], "--stages", "--out", out,
                                          "--steps", "1,1,1"), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    out = out / "0001"  # each call writes a fresh numbered directory
     assert Image.open(out / "000-a-photo-of-a-red-circle.png").size == (32, 32)
     strip = Image.open(out / "001-a-photo-of-two-squares-stages.png")
     assert strip.width > 4 * strip.height  # stage 0 end, then start and end of stages 1 and 2

@@ -1,7 +1,8 @@
 """The `nami` command: parse, load the config, call library code. Errors in config or input are one line
 on stderr and exit code 2, before any compute.
 
-One module per command group (training.py, inference.py, data.py, bench.py); each offers `add_commands(sub)`.
+One module per command group (training.py, inference.py, data.py, bench.py, convert.py); each offers
+`add_commands(sub)`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import argparse
 import sys
 
 from ..errors import ConfigError, RunStopped
-from . import bench, data, inference, training
+from . import ablate, bench, convert, data, inference, training
 
-COMMAND_GROUPS = (training, inference, data, bench)
+COMMAND_GROUPS = (training, inference, data, bench, convert, ablate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import load
+from ..config import ConfigError, load
 from .common import add_config_args, positive_int, print_report
 
 
@@ -26,7 +26,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from data_modules.check import check_data, format_check
 
     report = check_data(load(args.config, args.overrides), args.world_size, args.keys_out)
-    return print_report(args, report, format_check)
+    print_report(args, report, format_check)
+    if report["samples"] == 0:  # a pass that found nothing to train on is a failure, whatever the format
+        raise ConfigError("data.shards", f"no usable sample in {report['shards']} shard(s); skipped: {report['skipped']}")
+    return 0
 
 
 def add_commands(sub):

@@ -6,16 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import load
+from ..config import ConfigError, load
 from .common import add_config_args, positive_int
+
+MAX_SEED = 2**63 - 1  # torch generators take seeds up to this
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Progressive sampling from trained weights; --stages also writes every stage side by side."""
-    from ..lit.images import write_samples
+    from ..lit.images import fresh_directory, write_samples
     from ..lit.inference import ProgressiveInferenceModule, predict
-    from ..lit.runner import run_dir
 
+    if not 0 <= args.seed <= MAX_SEED - (len(args.prompt) - 1):
+        raise ConfigError("--seed", f"must lie in [0, 2**63 - 1 - (prompts - 1)] (prompt i uses seed + i), got {args.seed}")
     overrides = list(args.overrides)
     if args.steps:
         overrides.append(f"sampler.steps=[{args.steps}]")
@@ -24,7 +27,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg = load(args.config, overrides)
     module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt, keep_stages=args.stages)
     result = predict(module, args.prompt, seed=args.seed, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else run_dir(cfg) / "samples" / "cli"
+    out = fresh_directory(Path(args.out) if args.out else module.run_dir / "samples")
     for path in write_samples(result, args.prompt, out, stages=args.stages):
         print(path)
     return 0
@@ -50,7 +53,8 @@ def add_commands(sub) -> None:
     add_config_args(sample, json_flag=False)
     sample.add_argument("--ckpt", required=True, help="weights.safetensors, a .ckpt, or a run directory")
     sample.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    sample.add_argument("--out", help="output directory (default runs/<name>/samples/cli)")
+    sample.add_argument("--out", help="where the numbered directory of this call goes (default: the weights' "
+                                      "run directory/samples); earlier samples are never replaced")
     sample.add_argument("--steps", help="per-stage Euler steps, e.g. 10,10,10 (sets sampler.steps)")
     sample.add_argument("--guidance", "--cfg", type=float, dest="guidance",
                         help="classifier-free guidance scale (sets sampler.guidance)")

@@ -23,7 +23,10 @@ def _read_yaml(path: Path, key: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), f"not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(where, f"not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(str(path), "top level must be a mapping")
     return data

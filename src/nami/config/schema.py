@@ -178,7 +178,7 @@ class TrainerConfig:
     resume: str | None = None  # "last", "auto" (last if there is one, else fresh) or a checkpoint path
     init_from: str | None = None  # start from these weights (a converted or exported model directory)
     run_dir_exists: str = "error"  # a run directory made with another config: error | new (suffix) | overwrite
-    keep_checkpoints: int = 3  # newest step checkpoints kept (plus last.ckpt)
+    keep_checkpoints: int = 3  # newest step checkpoints kept (also across resumes)
     activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
     skip_nonfinite: bool = False  # a non-finite loss or gradient: skip the step (True) or stop (False)
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU; slower)
@@ -201,7 +201,9 @@ class EvalConfig:
     """`nami eval`: the GenEval-Shapes prompt set, and local weights for FID / CLIPScore (skipped when None)."""
 
     per_category: int = 50  # prompts per GenEval category (six categories)
-    seed: int = 1000  # prompt-set seed, apart from the training data's default 0
+    # standard: per_category prompts per category; large: a fixed 200 (the standard set is its start, same images)
+    prompt_set: str = "standard"
+    seed: int = 1000  # prompt-set seed (prompt i samples with noise seed + i), apart from the training data's 0
     batch_size: int = 32  # images per sampling / feature batch
     fid_weights: str | None = None  # InceptionV3 (torchvision layout) or timm weights file, see nami.eval.metrics
     clip_path: str | None = None  # local CLIPModel + CLIPProcessor directory

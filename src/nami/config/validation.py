@@ -17,6 +17,7 @@ RUN_DIR_POLICIES = ("error", "new", "overwrite")
 STRATEGIES = ("auto", "ddp", "fsdp")
 SAMPLER_MODES = ("progressive", "no_nesting", "uniform")
 BRIDGE_SOLVERS = ("closed_form", "sgd")
+PROMPT_SETS = ("standard", "large")  # GenEval-Shapes prompt sets (sizes in nami.eval.geneval)
 
 
 def check_built(section: str, kind: str, pairs: dict[str, tuple[int, int]]) -> None:
@@ -132,6 +133,9 @@ def validate(cfg: NamiConfig) -> None:
     _check_data(cfg.data)
     _check_choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
     _check_choice("trainer.run_dir_exists", cfg.trainer.run_dir_exists, RUN_DIR_POLICIES)
+    _check_choice("eval.prompt_set", cfg.eval.prompt_set, PROMPT_SETS)
+    if cfg.eval.per_category < 1:
+        raise ConfigError("eval.per_category", f"must be >= 1, got {cfg.eval.per_category}")
     if cfg.eval.every_n_steps < 0:
         raise ConfigError("eval.every_n_steps", f"must be >= 0, got {cfg.eval.every_n_steps}")
     for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints"):

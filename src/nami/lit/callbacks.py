@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from safetensors.torch import save_file
 from torchvision.utils import make_grid, save_image
 
@@ -23,6 +23,25 @@ def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> Throu
     # rates are averaged over a window of batches; values appear once the window is full
     window = max(2, min(20, log_every_n_steps))
     return ThroughputMonitor(batch_size_fn=len, length_fn=tokens, window_size=window)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Training progress in optimizer steps out of trainer.max_steps, continuing from the resumed step (the
+    stream never ends, so Lightning's epoch bar reads `Epoch 0/-2`, and after a resume `120/69`)."""
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        bar = self.train_progress_bar
+        bar.set_description("train steps", refresh=False)
+        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
+        bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
+        bar.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 class SampleGrid(L.Callback):

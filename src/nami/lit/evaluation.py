@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
 import torch
 
-from ..eval import clip_score, evaluate, fid_score, prompt_set
+from ..eval import clip_score, evaluate, fid_score, prompt_set, prompts_per_category
 from .inference import ProgressiveInferenceModule, predict
 
 
+def prompt_set_identity(specs: list[dict], name: str, seed: int) -> dict:
+    """What makes two evaluations paired: the prompts and the noise seeds (prompt i samples with seed + i).
+
+    Two reports with the same `digest` scored the same prompts with the same noise, so their per-prompt
+    results can be compared one to one (`nami ablate` checks this across arms)."""
+    asked = [[s["category"], s["caption"], s["include"], s["exclude"]] for s in specs]  # not the render size
+    digest = hashlib.sha256(json.dumps([asked, seed], sort_keys=True).encode()).hexdigest()[:16]
+    per_category = len(specs) // len({s["category"] for s in specs})
+    return {"name": name, "per_category": per_category, "seed": seed, "digest": digest}
+
+
 def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None, progress: bool = True) -> dict:
-    """Category scores, overall (mean of the six), sampling time, and FID / CLIPScore when configured."""
+    """Category scores, overall (mean of the six), their binomial standard errors (`stderr`), sampling time,
+    the prompt set's identity (`prompt_set`), and FID / CLIPScore when configured."""
     from nami.eval.shapes import render
 
     cfg = module.cfg
-    specs = prompt_set(per_category or cfg.eval.per_category, cfg.eval.seed, cfg.resolution)
+    count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
+    specs = prompt_set(count, cfg.eval.seed, cfg.resolution)
     captions = [s["caption"] for s in specs]
     start = time.perf_counter()
     images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
     sampling_s = time.perf_counter() - start
     report = evaluate(images, specs)
     report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=cfg.sampler.steps_for(),
-                  guidance=cfg.sampler.guidance, notices=[])  # fmt: skip
+                  guidance=cfg.sampler.guidance, prompt_set=prompt_set_identity(specs, cfg.eval.prompt_set,
+                  cfg.eval.seed), notices=[])  # fmt: skip
 
     def reference_images():  # the ground-truth renders of the same specs are FID's real set
         return torch.stack([torch.from_numpy(np.array(render(s))).permute(2, 0, 1) for s in specs])
@@ -43,11 +59,13 @@ def format_eval(report: dict) -> str:
     from nami.eval.shapes import CATEGORIES
 
     lines = [f"GenEval-Shapes, {report['images']} images ({report['mode']}, steps {report['steps']}, "
-             f"guidance {report['guidance']}, sampled in {report['sampling_s']:.1f}s)"]  # fmt: skip
+             f"guidance {report['guidance']}, sampled in {report['sampling_s']:.1f}s); "
+             "+- binomial standard error"]  # fmt: skip
     for category in CATEGORIES:
         counts = report["counts"][category]
-        lines.append(f"  {category:<14} {report[category]:.3f}  ({counts['correct']}/{counts['total']})")
-    lines.append(f"  {'overall':<14} {report['overall']:.3f}")
+        lines.append(f"  {category:<14} {report[category]:.3f} +- {report['stderr'][category]:.3f}  "
+                     f"({counts['correct']}/{counts['total']})")  # fmt: skip
+    lines.append(f"  {'overall':<14} {report['overall']:.3f} +- {report['stderr']['overall']:.3f}")
     for name in ("fid", "clip_score"):
         if report[name] is not None:
             lines.append(f"  {name:<14} {report[name]:.3f}")

@@ -31,8 +31,25 @@ def stage_strip(result: SampleResult, i: int) -> torch.Tensor:
     return torch.stack(panels)
 
 
+def fresh_directory(base: Path) -> Path:
+    """base/0001, base/0002, ...: the first that does not exist yet, made now (so earlier samples stay as
+    they were and two calls never share a directory)."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        path = base / f"{number:04d}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another call took it in the meantime
+            number += 1
+
+
 def write_samples(result: SampleResult, prompts: list[str], out: Path, stages: bool = False) -> list[Path]:
-    """NNN-<prompt>.png per image (native resolution), NNN-<prompt>-stages.png with --stages, grid.png."""
+    """Into `out` (best a `fresh_directory`): NNN-<prompt>.png per image (native resolution), with `stages`
+    NNN-<prompt>-stages.png, and grid.png. Returns every file written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -42,9 +59,11 @@ def write_samples(result: SampleResult, prompts: list[str], out: Path, stages: b
         paths.append(path)
         if stages and result.stage_ends:
             strip = zoom(stage_strip(result, i).float().cpu())
+            strip_path = out / f"{i:03d}-{slug(prompt)}-stages.png"
             save_image(make_grid(strip, nrow=len(strip), padding=4, pad_value=1.0, normalize=True,
-                                 value_range=(-1, 1)), out / f"{i:03d}-{slug(prompt)}-stages.png")  # fmt: skip
+                                 value_range=(-1, 1)), strip_path)  # fmt: skip
+            paths.append(strip_path)
     grid = make_grid(zoom(result.images.float().cpu(), 96), nrow=min(8, len(prompts)), padding=2, pad_value=1.0,
                      normalize=True, value_range=(-1, 1))  # fmt: skip
     save_image(grid, out / "grid.png")
-    return paths
+    return [*paths, out / "grid.png"]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, NamiConfig
+from ..config import NamiConfig
 from ..parts import Parts, build_parts
-from .pipeline import Pipeline, SampleResult
+from .checkpoint_files import load_weights_into, read_weights
+from .pipeline import Pipeline, SampleResult, SamplingOptions
 from .precision import autocast_dtype
 
 
@@ -31,6 +30,7 @@ class ProgressiveInferenceModule(L.LightningModule):
         self.autoencoder = parts.autoencoder
         self.bridge = parts.bridge.requires_grad_(False)
         self.flow = parts.flow
+        self.run_dir: Path | None = None
 
     @classmethod
     def from_checkpoint(cls, cfg: NamiConfig, path: str | Path, keep_stages: bool = False):
@@ -41,14 +41,14 @@ class ProgressiveInferenceModule(L.LightningModule):
             state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
             if not state and prefix == "text_encoder." and not part.trainable:
                 continue  # frozen encoders come from their own files, not from training outputs
-            missing, unexpected = part.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ConfigError("--ckpt", f"{path} does not fit this config's {prefix[:-1]} "
-                                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")  # fmt: skip
-        return cls(cfg, parts, keep_stages)
+            load_weights_into(part, state, Path(path), prefix[:-1])
+        module = cls(cfg, parts, keep_stages)
+        module.run_dir = run_dir  # where the weights came from: samples go beside them by default
+        return module
 
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.model, self.text_encoder, self.autoencoder, self.flow, self.cfg.latent_size)
+        return Pipeline(self.model, self.text_encoder, self.autoencoder, self.flow, self.cfg.latent_size,
+                        SamplingOptions.from_config(self.cfg.sampler))  # prompt suffix, negative prompt, precision
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> SampleResult:
         s, t = self.cfg.sampler, self.cfg.trainer
@@ -56,36 +56,6 @@ class ProgressiveInferenceModule(L.LightningModule):
             batch["prompts"], s.steps_for(), s.guidance, seed=batch["seeds"], mode=s.mode,
             keep_stages=self.keep_stages, dtype=autocast_dtype(t.precision, t.accelerator),
         )  # fmt: skip
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """(flat state dict, run directory) from a run directory, weights.safetensors, a .ckpt file or a
-    distributed (FSDP) .ckpt directory. Lightning checkpoints give their EMA weights."""
-    if path.is_dir() and not (path / ".metadata").exists():  # a run directory
-        if (path / "weights.safetensors").is_file():
-            return read_weights(path / "weights.safetensors")
-        steps = sorted((path / "checkpoints").glob("step*.ckpt"))
-        if not steps:
-            raise ConfigError("--ckpt", f"{path} holds neither weights.safetensors nor checkpoints/step*.ckpt")
-        return read_weights(steps[-1])
-    if not path.exists():
-        raise ConfigError("--ckpt", f"not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path)), path.parent
-    if path.is_dir():  # torch.distributed.checkpoint directory written by FSDP2 runs
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            dcp_to_torch_save(str(path), f"{tmp}/full.pt")
-            state = torch.load(f"{tmp}/full.pt", weights_only=True, map_location="cpu")["state_dict"]
-    else:
-        state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
-    if any(k.startswith("ema.") for k in state):
-        weights = {k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")}
-    else:
-        weights = {k: v for k, v in state.items() if k.startswith(("model.", "text_encoder."))}
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return weights, run_dir
 
 
 def predict(

@@ -49,8 +49,15 @@ class JointFlowModule(L.LightningModule):
         parts = parts if parts is not None else build_parts(cfg, fitted=False)
         self.model = parts.model
         self.model.grad_checkpointing = cfg.trainer.activation_checkpointing
-        self.text_encoder = parts.text_encoder
-        self.autoencoder = parts.autoencoder
+        # Frozen encoders are plain attributes, not child modules: they stay out of the state dict and so out
+        # of every checkpoint (at 2B, mT5-XXL alone is ~9 GB), and are rebuilt from the config on load.
+        # _apply below still moves and casts them with the module.
+        self._frozen: dict[str, nn.Module] = {}
+        if parts.text_encoder.trainable:
+            self.text_encoder = parts.text_encoder
+        else:
+            self._hold_frozen("text_encoder", parts.text_encoder)
+        self._hold_frozen("autoencoder", parts.autoencoder)
         self.bridge = parts.bridge.requires_grad_(False).eval()
         self.flow = parts.flow
         # EMA of everything trained (a plain copy, so FSDP shards it like the original and checkpoints hold it)
@@ -61,6 +68,22 @@ class JointFlowModule(L.LightningModule):
         self.flops_per_batch = 0
 
     # ---- parts ----------------------------------------------------------------------------------------
+    def _hold_frozen(self, name: str, module: nn.Module) -> None:
+        object.__setattr__(self, name, module.requires_grad_(False))
+        self._frozen[name] = module
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for module in self._frozen.values():
+            module._apply(fn, recurse)
+        return self
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before the frozen encoders were left out still load: their copies are dropped."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.split(".", 1)[0] in self._frozen]:
+            del state[key]
+
     def trainable(self) -> nn.ModuleDict:
         """The modules the optimizer updates: the MM-DiT, plus the text encoder when it learns."""
         parts = {"model": self.model}

@@ -62,6 +62,22 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
                 os.replace(partial, path)
         self.barrier()
 
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        """Lightning's distributed load, with torch's reader kept from unpickling anything (see
+        checkpoint_files.safe_dcp_loading); the non-tensor rest (meta.pt) is read weights_only."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from ..config import ConfigError
+        from .checkpoint_files import safe_dcp_loading
+
+        try:
+            with safe_dcp_loading():
+                return super().load_checkpoint(checkpoint_path, weights_only=True)
+        except CheckpointException as err:  # a BaseException in torch: say what was refused, in one line
+            failures = [str(f).strip().splitlines()[-1] for f in getattr(err, "failures", {}).values()]
+            reason = failures[0] if failures else str(err).splitlines()[0]
+            raise ConfigError("trainer.resume", f"{checkpoint_path} cannot be loaded safely ({reason})") from None
+
     def remove_checkpoint(self, filepath) -> None:
         if self.global_rank == 0:
             fs = get_filesystem(filepath)

@@ -122,7 +122,10 @@ def run_timing(path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from ..lit.precision import flush_denormals
+
     kind, path = argv[0], Path(argv[1])
+    flush_denormals()  # as the `nami` commands that run the networks do
     try:
         with exclusive(path.with_suffix(".lock"), str(path)):
             (run_quality if kind == "quality" else run_timing)(path)

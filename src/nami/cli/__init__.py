@@ -14,6 +14,8 @@ from ..errors import ConfigError, RunStopped
 from . import ablate, bench, convert, data, inference, training
 
 COMMAND_GROUPS = (training, inference, data, bench, convert, ablate)
+# commands that run the networks: they flush denormal floats on the CPU (lit/precision.py says why)
+COMPUTE_COMMANDS = {"train", "pretrain-bridge", "sample", "eval", "bench", "ablate"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in COMPUTE_COMMANDS:
+        from ..lit.precision import flush_denormals
+
+        flush_denormals()
     try:
         return args.func(args)
     except ConfigError as err:

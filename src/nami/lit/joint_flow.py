@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from functools import partial
 
 import lightning as L
@@ -16,7 +17,7 @@ from ..errors import RunStopped
 from ..flow import StageLosses
 from ..models import forward_cost, model_fn
 from ..parts import Parts, build_parts
-from .pipeline import Pipeline
+from .pipeline import Pipeline, SamplingOptions
 from .seeds import step_generator
 
 
@@ -95,7 +96,10 @@ class JointFlowModule(L.LightningModule):
         """A sampler over the current (or EMA) weights."""
         source = self.ema if use_ema else self.trainable()
         text = source["text_encoder"] if "text_encoder" in source else self.text_encoder
-        return Pipeline(source["model"], text, self.autoencoder, self.flow, self.cfg.latent_size)
+        # the configured prompt suffix and negative prompt; never a *-true precision (it would cast the weights
+        # still training), and no compiling for the occasional preview
+        options = replace(SamplingOptions.from_config(self.cfg.sampler), precision="auto", compile=False)
+        return Pipeline(source["model"], text, self.autoencoder, self.flow, self.cfg.latent_size, options)
 
     def configure_model(self) -> None:
         """FSDP2 (trainer.strategy=fsdp): shard every block, then each trainable root, on the data-parallel mesh."""
@@ -140,7 +144,7 @@ class JointFlowModule(L.LightningModule):
             if len(captions) == 0:
                 continue
             latents.append((k, self.stage_latents(images, k, batch.pooled)))
-            text.append(self.text_encoder(self.flow.drop_captions(captions, cpu_gen)).to(self.device))
+            text.append(self.text_encoder(self.flow.drop_captions(captions, cpu_gen)).to(self.device).for_attention())
         return self.flow.training_losses(model_fn(self.model), latents, text, gen)
 
     def training_step(self, batch, batch_idx):

@@ -41,3 +41,13 @@ def autocast_dtype(precision: str, accelerator: str = "auto") -> torch.dtype | N
     """The autocast dtype sampling should use for the same setting (None: full precision)."""
     resolved = resolve_precision(precision, accelerator)
     return torch.bfloat16 if resolved.startswith("bf16") else torch.float16 if resolved.startswith("16") else None
+
+
+def flush_denormals() -> bool:
+    """Treat denormal floats as zero on the CPU (a process-wide setting; GPUs are not affected).
+
+    Small-stage activations and the EMA's tiny updates produce denormals, and x86 handles each in microcode,
+    hundreds of cycles. Measured on this project's 2-core machines (`nami bench sampling experiments/tiny.yaml`,
+    batch 32, one process): progressive/uniform time ratio 0.515 without flushing, 0.462 with it (the FLOP
+    model says 0.465). Returns False where the CPU has no such mode (non-x86)."""
+    return torch.set_flush_denormal(True)

@@ -230,7 +230,7 @@ class NestedMMDiT(nn.Module):
         n_txt = txt.shape[1]
         angles = self.rope(n_txt, h, w, x.device)
         mask = None
-        if text_mask is not None and not bool(text_mask.all()):
+        if text_mask is not None:  # (no check of text_mask.all() here: it would wait on the device every step)
             image_ok = torch.ones(x.shape[0], h * w, dtype=torch.bool, device=x.device)
             mask = torch.cat([text_mask.bool(), image_ok], dim=1)[:, None, None, :]
 

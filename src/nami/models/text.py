@@ -23,14 +23,22 @@ from ..registry import TEXT_ENCODERS
 
 @dataclass
 class TextEmbedding:
-    """states (B, L, dim), mask (B, L) bool (True = real token), pooled (B, pooled_dim)."""
+    """states (B, L, dim), mask (B, L) bool (True = real token; None after `for_attention` when all are),
+    pooled (B, pooled_dim)."""
 
     states: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     pooled: torch.Tensor
 
     def to(self, device: torch.device | str) -> "TextEmbedding":
-        return TextEmbedding(self.states.to(device), self.mask.to(device), self.pooled.to(device))
+        mask = None if self.mask is None else self.mask.to(device)
+        return TextEmbedding(self.states.to(device), mask, self.pooled.to(device))
+
+    def for_attention(self) -> "TextEmbedding":
+        """This embedding with mask None when every token is real (the MM-DiT then attends without a mask, and
+        SDPA may take its fastest kernels). Reads the mask on the host once: call it once per prompt batch,
+        not per forward, so the sampling loop never waits on the device."""
+        return TextEmbedding(self.states, None, self.pooled) if bool(self.mask.all()) else self
 
     @staticmethod
     def cat(items: list["TextEmbedding"]) -> "TextEmbedding":

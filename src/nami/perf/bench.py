@@ -22,6 +22,7 @@ from ..lit.pipeline import Pipeline
 from ..lit.precision import autocast_dtype, uses_cuda
 from ..models import forward_cost, predicted_ratio
 from ..parts import build_parts
+from .throughput import StageTimer, format_rate, peak_tflops, rate
 
 
 def _synchronize() -> None:
@@ -76,14 +77,22 @@ def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = 
     decode_s = time.perf_counter() - start
     device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu"
     report = {"device": device, "batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps,
-              "guidance": s.guidance,
+              "guidance": s.guidance, "peak_tflops": peak_tflops(device),
               "uniform_s": times["uniform"], "text_encode_s": encode_s, "decode_s": decode_s}  # fmt: skip
-    for mode, nesting in (("progressive", True), ("no_nesting", False)):
-        report[mode] = {
+    # FLOPs and per-stage times from one more run of each mode, timed per forward (StageTimer)
+    stages = {}
+    for mode in ("uniform", "progressive", "no_nesting"):
+        with StageTimer(cfg, pipe.model, nested=mode == "progressive") as timer:
+            run(mode)
+        stages[mode] = timer.report(device)
+    for mode in ("uniform", "progressive", "no_nesting"):
+        flops = sum(stage["tflop"] for stage in stages[mode]) * 1e12
+        report[mode] = {} if mode == "uniform" else {
             "seconds": times[mode],
             "measured_ratio": times[mode] / times["uniform"],
-            "predicted_ratio": predicted_ratio(cfg, nesting=nesting),
-        }
+            "predicted_ratio": predicted_ratio(cfg, nesting=mode == "progressive"),
+        }  # fmt: skip
+        report[mode].update(rate(flops, times[mode], device), stages=stages[mode])
     report.update(transitions)
     report["bridge_share_of_progressive"] = transitions["bridge_transition_s"] / times["progressive"]
     return report
@@ -169,7 +178,17 @@ def format_sampling(r: dict) -> str:
         f"  transitions: {r['bridge_kind']} {r['bridge_transition_s'] * 1e3:.2f} ms"
         f" ({100 * r['bridge_share_of_progressive']:.2f}% of progressive), renoise {r['renoise_transition_s'] * 1e3:.2f} ms",
         f"  outside the loop: text encoding {r['text_encode_s']:.3f}s, decoding {r['decode_s']:.3f}s",
+        *_rate_lines(r),
     ])  # fmt: skip
+
+
+def _rate_lines(r: dict) -> list[str]:
+    """Achieved model TFLOP/s per mode (whole loop) and per stage (its forwards only)."""
+    lines = [f"  model FLOP rate ({'bf16 peak %g TFLOP/s' % r['peak_tflops'] if r['peak_tflops'] else 'no known peak'}):"]
+    for mode in ("uniform", "progressive", "no_nesting"):
+        stages = "; ".join(f"stage {s['stage']} {format_rate(s)}" for s in r[mode]["stages"])
+        lines.append(f"    {mode}: {format_rate(r[mode])}  [{stages}]")
+    return lines
 
 
 def format_training(r: dict) -> str:

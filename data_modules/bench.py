@@ -14,13 +14,13 @@ import time
 from nami.config import NamiConfig
 
 from .decode import IMAGE_EXTENSIONS, Skip, image_tensor
-from .records import Record, read_records
-from .sources import Shard, resolve_shards
+from .records import TABLE_FORMATS, Record, read_records
+from .sources import Shard, resolve_data
 from .stream import ShardStream, StreamSpec, make_loader
 
 
 def _image_bytes(record: Record, image_column: str):
-    if record.format == "parquet":
+    if record.format in TABLE_FORMATS:
         value = record.fields.get(image_column)
         return value.get("bytes") if isinstance(value, dict) else value
     return next((record.fields[e] for e in IMAGE_EXTENSIONS if e in record.fields), None)
@@ -72,7 +72,7 @@ def pipeline_rate(
 
 def bench_data(cfg: NamiConfig, samples: int = 2000, repeats: int = 3, warmup_batches: int = 3) -> dict:
     """Pipeline vs bare decode throughput on cfg.data.shards, alternating `repeats` times; medians."""
-    shards = resolve_shards(cfg.data.shards, cfg.data.format)  # ConfigError before any work
+    shards = resolve_data(cfg.data)  # ConfigError before any work
     warmup = warmup_batches * cfg.data.batch_size
     bare, pipe = [], []
     for _ in range(repeats):  # alternating spreads machine noise evenly over both loops

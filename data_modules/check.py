@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from nami.config import NamiConfig
 
-from .sources import resolve_shards
+from .sources import resolve_data
 from .stream import ShardStream, StreamSpec, make_loader
 
 
@@ -35,7 +35,11 @@ def check_data(cfg: NamiConfig, world_size: int = 1, keys_out: str | Path | None
     """Counts (samples, skipped by reason, repaired), throughput, per-rank counts, duplicates."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    shards = resolve_shards(cfg.data.shards, cfg.data.format)  # ConfigError before any work
+    shards = resolve_data(cfg.data)  # ConfigError before any work
+    if cfg.data.precomputed:  # and shards encoded for another config
+        from .encoded import check_encoded
+
+        check_encoded(cfg, shards)
     hashes = array("Q")
     per_rank = []
     start = time.perf_counter()

@@ -33,6 +33,9 @@ class StageBatch:
     ratios: list[float]  # the stage ratios in force at `step`
     pooled: bool  # True (pixel autoencoder): group i is at stage stages[i]'s side; False: full resolution
     state: dict = field(default_factory=dict, repr=False)  # producing worker's resumable state (internal)
+    # Precomputed shards (data.precomputed): images[i] holds the stored full-size latents and text[i] the
+    # stored text embedding {"states" (n, L, D), "mask" (n, L) bool, "pooled" (n, P)}; None: encode live.
+    text: list[dict[str, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return sum(len(k) for k in self.keys)
@@ -47,11 +50,15 @@ class StageBatch:
         return [k for group in self.keys for k in group]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StageBatch:
-        """Lightning moves batches with `.to`: images move, the rest stays on the host."""
-        return replace(self, images=[x.to(device, non_blocking=non_blocking) for x in self.images])
+        """Lightning moves batches with `.to`: images (and stored text) move, the rest stays on the host."""
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> StageBatch:
-        return replace(self, images=[x.pin_memory() for x in self.images])
+        return self._map(lambda x: x.pin_memory())
+
+    def _map(self, fn) -> StageBatch:
+        text = None if self.text is None else [{k: fn(v) for k, v in t.items()} for t in self.text]
+        return replace(self, images=[fn(x) for x in self.images], text=text)
 
 
 def stage_counts(batch_size: int, ratios: list[float]) -> list[int]:
@@ -85,7 +92,8 @@ class BatchPlan:
             num_stages=cfg.num_stages,
             resolution=cfg.resolution,
             joint=joint,
-            pooled=cfg.autoencoder.kind == "pixel",
+            # precomputed latents reach the module at full size; it builds their pyramid (JointFlowModule)
+            pooled=cfg.autoencoder.kind == "pixel" and not cfg.data.precomputed,
             mix=StageMix.from_config(cfg.flow),
             stage_sides=tuple(cfg.stage_latent_sizes()),
             batches_per_step=batches_per_step,
@@ -125,6 +133,8 @@ def make_batch(
             x = torch.stack([s.image for s in group])
             if side != plan.resolution:
                 x = data_pyramid(x, plan.num_stages)[stage]
+        elif samples and not plan.pooled:  # full-size groups: the samples' own shape (latents included)
+            x = samples[0].image.new_empty(0, *samples[0].image.shape)
         else:
             x = torch.empty(0, 3, side, side)
         groups.append(x)
@@ -133,9 +143,25 @@ def make_batch(
         metadata.append([s.metadata for s in group])
         epochs.append([s.epoch for s in group])
     images = _one_storage(groups)
+    text = _stored_text(samples, order, counts) if samples and samples[0].text is not None else None
     return StageBatch(
-        images, captions, keys, metadata, epochs, stages, step, list(ratios), plan.pooled, state
+        images, captions, keys, metadata, epochs, stages, step, list(ratios), plan.pooled, state, text
     )
+
+
+def _stored_text(samples: list[Sample], order: list[int], counts: list[int]) -> list[dict[str, torch.Tensor]]:
+    """The stored text embeddings of precomputed samples, grouped as `make_batch` groups the samples (each
+    field's groups share one buffer, as the images do)."""
+    out: list[dict[str, torch.Tensor]] = [{} for _ in counts]
+    for name, template in samples[0].text.items():
+        groups, start = [], 0
+        for n in counts:
+            rows = [samples[i].text[name] for i in order[start : start + n]]
+            start += n
+            groups.append(torch.stack(rows) if rows else template.new_empty(0, *template.shape))
+        for group, view in zip(out, _one_storage(groups)):
+            group[name] = view
+    return out
 
 
 def _one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

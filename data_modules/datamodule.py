@@ -13,7 +13,7 @@ from nami.config import NamiConfig
 
 from .collate import StageBatch
 from .decode import REPAIR_REASONS, SKIP_REASONS, Skip
-from .sources import Shard, resolve_shards
+from .sources import Shard, resolve_data
 from .stream import ShardStream, StreamSpec, make_loader
 
 STATE_VERSION = 1
@@ -42,10 +42,23 @@ class ShardDataModule(L.LightningDataModule):
     # ---- inputs ---------------------------------------------------------------------------------------
     @property
     def shards(self) -> list[Shard]:
-        """The resolved shard list (ConfigError naming the pattern when one matches nothing)."""
+        """The resolved shard list (ConfigError naming the pattern when one matches nothing, or with
+        data.precomputed the key whose value differs from what the shards were encoded with)."""
         if self._shards is None:
-            self._shards = resolve_shards(self.cfg.data.shards, self.cfg.data.format)
+            shards = resolve_data(self.cfg.data)
+            if self.cfg.data.precomputed:
+                from .encoded import check_encoded
+
+                check_encoded(self.cfg, shards)
+            self._shards = shards
         return self._shards
+
+    def unconditional(self) -> dict:
+        """data.precomputed: the stored embedding of the empty prompt (caption dropout swaps it in),
+        {"states", "mask", "pooled"} with a batch dimension of one."""
+        from .encoded import load_unconditional
+
+        return load_unconditional(self.shards)
 
     def setup(self, stage: str | None = None) -> None:
         self.shards  # noqa: B018 - resolve early: a bad path fails before any model work

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .records import Record
+from .records import TABLE_FORMATS, Record
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 SKIP_REASONS = (
@@ -55,17 +55,24 @@ class DecodeOptions:
     max_pixels: int = 64_000_000
     caption_column: str = "caption"
     image_column: str = "image"
+    precomputed: bool = False  # records are `nami data encode` outputs (data_modules/encoded.py)
 
 
 @dataclass
 class Sample:
-    """A decoded sample: image (3, R, R) float32 in [-1, 1], caption, metadata as written, epoch read in."""
+    """A decoded sample: image (3, R, R) float32 in [-1, 1], caption, metadata as written, epoch read in.
+
+    From precomputed shards `image` is the stored full-size latent and `text` the stored text embedding
+    ({"states", "mask", "pooled"}); `crop` is the square crop taken, as fractions (left, top, right, bottom)
+    of the decoded image."""
 
     key: str
     image: torch.Tensor
     caption: str
     metadata: Any
     epoch: int = 0
+    crop: tuple[float, float, float, float] | None = None
+    text: dict[str, torch.Tensor] | None = None
 
 
 def open_image(data: bytes | None, max_pixels: int, min_size: int = 0) -> Image.Image:
@@ -110,13 +117,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def resize_crop(img: Image.Image, resolution: int, rng: random.Random | None = None) -> Image.Image:
-    """Shorter side to `resolution`, square crop (random with `rng`, else centred), in one resampling."""
-    w, h = img.size
+def crop_box(size: tuple[int, int], rng: random.Random | None = None) -> tuple[int, int, int, int]:
+    """The square crop (left, top, right, bottom) of an image of `size`: random with `rng`, else centred."""
+    w, h = size
     side = min(w, h)
     left = rng.randint(0, w - side) if rng else (w - side) // 2
     top = rng.randint(0, h - side) if rng else (h - side) // 2
-    box = (left, top, left + side, top + side)
+    return left, top, left + side, top + side
+
+
+def resize_crop(img: Image.Image, resolution: int, rng: random.Random | None = None,
+                box: tuple[int, int, int, int] | None = None) -> Image.Image:  # fmt: skip
+    """Shorter side to `resolution`, square crop (`box`, else `crop_box`), in one resampling."""
+    box = box or crop_box(img.size, rng)
     return img.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
@@ -134,6 +147,14 @@ def image_tensor(
     min_size: int = 0,
 ) -> torch.Tensor:
     """Bytes -> (3, R, R) in [-1, 1]; raises Skip."""
+    return decode_image(data, resolution, rng, max_pixels, min_size)[0]
+
+
+def decode_image(
+    data: bytes | None, resolution: int, rng: random.Random | None = None, max_pixels: int = 64_000_000,
+    min_size: int = 0,
+) -> tuple[torch.Tensor, tuple[float, float, float, float]]:  # fmt: skip
+    """`image_tensor` and the crop it took, as fractions of the decoded image (left, top, right, bottom)."""
     img = open_image(data, max_pixels, min_size)
     try:
         if img.format == "JPEG":
@@ -146,7 +167,10 @@ def image_tensor(
             from PIL import ImageOps
 
             img = ImageOps.exif_transpose(img)
-        return to_tensor(resize_crop(to_rgb(img), resolution, rng))
+        img = to_rgb(img)
+        box = crop_box(img.size, rng)
+        w, h = img.size
+        return to_tensor(resize_crop(img, resolution, box=box)), (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
     except Skip:
         raise
     except Exception as err:  # noqa: BLE001 - truncated/corrupt pixel data surfaces only at load
@@ -169,7 +193,7 @@ def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tupl
     """(image bytes, caption, metadata). Tars: the caption from .txt, else the json field named
     data.caption_column (img2dataset writes `caption`; GRIT-style sets may use another). Parquet: that column."""
     f = record.fields
-    if record.format == "parquet":
+    if record.format in TABLE_FORMATS:  # parquet and hf rows
         image = f.get(opts.image_column)
         if isinstance(image, dict):  # the Hugging Face Image feature stores {"bytes", "path"}
             image = image.get("bytes")
@@ -196,9 +220,16 @@ def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tupl
 def decode_record(
     record: Record, opts: DecodeOptions, repaired: Counter, rng: random.Random | None = None, epoch: int = 0
 ) -> Sample:
-    """A usable sample, or Skip. `rng` draws the crop (training); None crops the centre (evaluation)."""
+    """A usable sample, or Skip. `rng` draws the crop (training); None crops the centre (evaluation).
+    Precomputed records (`opts.precomputed`) give their stored latent and text embedding instead."""
     fixes: Counter = Counter()  # repairs count only for samples that are kept
+    if opts.precomputed:
+        from .encoded import decode_encoded
+
+        sample = decode_encoded(record, fixes, epoch)
+        repaired.update(fixes)
+        return sample
     image, caption, metadata = record_parts(record, opts, fixes)
-    pixels = image_tensor(image, opts.resolution, rng, opts.max_pixels, opts.min_size)
+    pixels, crop = decode_image(image, opts.resolution, rng, opts.max_pixels, opts.min_size)
     repaired.update(fixes)
-    return Sample(record.key, pixels, caption, metadata, epoch)
+    return Sample(record.key, pixels, caption, metadata, epoch, crop)

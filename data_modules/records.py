@@ -1,4 +1,5 @@
-"""Raw records from one shard, undecoded: webdataset tars read with `tarfile`, parquet read with pyarrow.
+"""Raw records from one shard, undecoded: webdataset tars read with `tarfile`, parquet read with pyarrow,
+`datasets` shards (data.format: hf) read by the library (`hf.py`).
 
 Why not `datasets`' webdataset builder (the project's chosen library)? On this stack (datasets 5.2) it
 decodes images itself and dies on one corrupt JPEG, dies or silently stops on a truncated tar, infers the
@@ -27,6 +28,7 @@ import numpy as np
 from .sources import Shard, open_shard
 
 PARQUET_BATCH_ROWS = 256  # rows converted to Python at a time (bounds memory inside big row groups)
+TABLE_FORMATS = ("parquet", "hf")  # records that are rows by column (data.image_column, data.caption_column)
 
 
 @dataclass
@@ -58,6 +60,11 @@ def read_records(
     shard: Shard, stride: int = 1, offset: int = 0, start: int = 0, key_column: str = "key"
 ) -> Iterator[Record | Failure]:
     """The records of `shard` this reader owns, from its `start`-th on, then any failure."""
+    if shard.format == "hf":
+        from .hf import hf_records
+
+        yield from hf_records(shard, stride, offset, start, key_column)
+        return
     try:
         fileobj = open_shard(shard.url)
     except (OSError, ValueError) as err:

@@ -1,5 +1,6 @@
 """Where samples come from: `data.shards` (paths, globs, brace ranges, directories or fsspec URLs) resolved to
-an ordered list of shards, each with its format.
+an ordered list of shards, each with its format. With `data.format: hf` the entries name datasets instead,
+and their shards are those `datasets` splits them into (`hf.py`); `resolve_data` takes either from the config.
 
 Resolution happens before any compute: a pattern that matches nothing is a `ConfigError` naming it, so the
 CLI prints one line and exits 2.
@@ -18,15 +19,18 @@ from nami.config import ConfigError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-FORMATS = ("webdataset", "parquet")
+FORMATS = ("webdataset", "parquet", "hf")  # hf: datasets read by Hugging Face `datasets` (hf.py)
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One input file: its URL (a plain path when local) and its format (`webdataset` or `parquet`)."""
+    """One input file: its URL (a plain path when local) and its format (`webdataset` or `parquet`). For `hf`,
+    shard number `part` of the dataset `origin` (an `hf.HfDataset`), and `url` names it."""
 
     url: str
     format: str
+    part: int = 0
+    origin: Any = None
 
 
 def shard_patterns(spec: Any) -> list[str]:
@@ -96,8 +100,21 @@ def _listing(pattern: str, fmt: str) -> list[str]:
         raise ConfigError("data.shards", f"cannot list {pattern} ({type(err).__name__}: {detail})") from None
 
 
+def resolve_data(data) -> list[Shard]:
+    """The shards the `data` section of a config names, in reading order (ConfigError naming the key)."""
+    if data.format == "hf":
+        from .hf import resolve_hf
+
+        return resolve_hf(data.shards, data.hf_split, data.hf_name, data.image_column, data.caption_column)
+    return resolve_shards(data.shards, data.format)
+
+
 def resolve_shards(spec: Any, fmt: str = "auto") -> list[Shard]:
     """Expand `data.shards` into shards, in pattern order then name order, without duplicates."""
+    if fmt == "hf":  # datasets, not files; the config's split and columns: resolve_data
+        from .hf import resolve_hf
+
+        return resolve_hf(spec)
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError("data.format", f"unknown value {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
     urls: list[str] = []

@@ -75,7 +75,8 @@ class StreamSpec:
         joint = train if joint is None else joint
         base = dict(
             shards=tuple(shards),
-            decode=DecodeOptions(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column),
+            decode=DecodeOptions(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column,
+                                 d.precomputed),  # fmt: skip
             plan=BatchPlan.from_config(cfg, joint=joint, batches_per_step=batches_per_step),
             rank=rank,
             world_size=world_size,

@@ -1,112 +1,151 @@
-"""One GPU's FSDP2 bf16 training step of the real NAMI-2B shape with random weights: step time and peak memory.
+"""One GPU's FSDP2 training step of the real NAMI-2B shape with random weights: step time, peak memory, MFU.
 
-    .venv/bin/python scripts/gpu_step_2b.py [--config experiments/nami_2b.yaml] [--steps 3] [--json] [key=value ...]
+    .venv/bin/python scripts/gpu_step_2b.py [--config experiments/nami_2b.yaml] [--steps 3] [--device cuda|cpu]
+                                            [--json] [key=value ...]
 
-What a rank of `make train-2b` holds and runs: the nested MM-DiT in float32 master weights, its EMA, AdamW state,
-every block and then the root wrapped by `fully_shard` (a world of one here), bf16 autocast and activation
-checkpointing as the config sets them, one joint batch split over the stages by `flow.stage_ratios`. The frozen
-mT5 / CLIP / VAE are not loaded: their outputs (token states, pooled vector, latents) are random tensors of the
-right shape, so the figures are the transformer's alone. Needs CUDA; exits 2 with one line without it.
+What a rank of `make train-2b` runs, through the same code: a Lightning Trainer with the strategy of
+`trainer.strategy=fsdp` (a world of one) around `JointFlowModule`, whose configure_model shards every block
+with `fully_shard`, whose training_step computes the stage losses (bf16 autocast and activation checkpointing
+as the config sets them), then gradient clipping, AdamW and the EMA update. The batches are those precomputed
+shards give (data.precomputed): random full-size latents, text states and pooled vectors of the real shapes,
+one joint batch split over the stages by `flow.stage_ratios`. So the frozen mT5 / CLIP / VAE are neither built
+nor loaded and the figures are the transformer's alone; model TFLOP/s and MFU come from the module's own FLOP
+model (`flops_per_batch`, what Lightning's ThroughputMonitor reads). Needs CUDA and exits 2 with one line
+without it; `--device cpu` runs the same on the CPU (gloo) for tests.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
+import random
 import sys
 import time
 
 import torch
 
 
+def random_batch(cfg, seed: int = 0):
+    """One joint batch as precomputed shards give it: random latents and text of the configured shapes."""
+    from data_modules.collate import BatchPlan, make_batch
+    from data_modules.decode import Sample
+
+    g = torch.Generator().manual_seed(seed)
+    t, side = cfg.text_encoder, cfg.latent_size
+
+    def sample(i: int) -> Sample:
+        text = {"states": torch.randn(t.max_length, t.dim, generator=g),
+                "mask": torch.ones(t.max_length, dtype=torch.bool), "pooled": torch.randn(t.pooled_dim, generator=g)}
+        return Sample(f"{i:09d}", torch.randn(cfg.autoencoder.channels, side, side, generator=g), f"caption {i}",
+                      {}, text=text)  # fmt: skip
+
+    samples = [sample(i) for i in range(cfg.data.batch_size)]
+    return make_batch(samples, BatchPlan.from_config(cfg, joint=True), 0, random.Random(seed), {})
+
+
+def step_timer():
+    """A callback recording the wall time of each optimizer step (forward, backward, clipping, AdamW, EMA) and
+    its loss (built here: Lightning is imported only once the device is known to be there)."""
+    import lightning as L
+
+    class StepTimes(L.Callback):
+        def __init__(self):
+            self.times, self.losses, self._start = [], [], 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._start)
+            self.losses.append(float(outputs["loss"]))
+
+    return StepTimes()
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().float().cpu()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/nami_2b.yaml")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps; the first is warm-up")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the same run on the CPU")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_step_2b: error: needs a CUDA GPU", file=sys.stderr)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_step_2b: error: needs a CUDA GPU (or --device cpu)", file=sys.stderr)
+        return 2
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from nami.config import ConfigError, load
+    from nami.lit.joint_flow import JointFlowModule
+    from nami.lit.precision import resolve_precision
+    from nami.lit.strategies import build_strategy
+    from nami.parts import build_parts
+    from nami.perf.throughput import rate
+
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    fixed = ["data.precomputed=true", "trainer.strategy=fsdp", "trainer.devices=1", "trainer.num_nodes=1",
+             f"trainer.accelerator={accelerator}", f"trainer.max_steps={args.steps}"]  # fmt: skip
+    try:
+        cfg = load(args.config, [*args.overrides, *fixed])
+    except ConfigError as err:
+        print(f"gpu_step_2b: error: {err}", file=sys.stderr)
         return 2
 
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from data_modules.collate import stage_counts
-    from nami.bridges import bridge_from_config
-    from nami.config import load
-    from nami.flow import PyramidFlow
-    from nami.lit.precision import autocast_dtype
-    from nami.models import TextEmbedding, build_model, model_fn
-
-    cfg = load(args.config, args.overrides)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29511")
-    dist.init_process_group("nccl", rank=0, world_size=1)
-    torch.cuda.set_device(0)
-    device = torch.device("cuda", 0)
-    mesh = init_device_mesh("cuda", (1,), mesh_dim_names=("data_parallel",))
-    torch.manual_seed(cfg.seed)
-
-    with device:  # built on the GPU: 8.5 GB of float32 weights need not pass through host memory
-        model = build_model(cfg)
-    model.grad_checkpointing = cfg.trainer.activation_checkpointing
-    ema = copy.deepcopy(model).requires_grad_(False)
-    for net in (model, ema):  # as JointFlowModule.configure_model: every block, then the root
-        for block in net.blocks():
-            fully_shard(block, mesh=mesh)
-        fully_shard(net, mesh=mesh)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    flow = PyramidFlow.from_config(cfg, bridge_from_config(cfg).to(device).requires_grad_(False))
+    L.seed_everything(cfg.seed, verbose=False)
+    batch = random_batch(cfg)
     t = cfg.text_encoder
-    counts = stage_counts(cfg.data.batch_size, flow.mix.ratios_at(0))
-    sides = cfg.stage_latent_sizes()
-    dtype = autocast_dtype(cfg.trainer.precision, "gpu")
-    params = sum(p.numel() for p in model.parameters())
+    unconditional = {"states": torch.randn(1, t.max_length, t.dim), "pooled": torch.randn(1, t.pooled_dim),
+                     "mask": torch.ones(1, t.max_length, dtype=torch.bool)}  # fmt: skip
+    with torch.device(args.device):  # built where it trains: 8.5 GB of float32 weights need not pass the host
+        module = JointFlowModule(cfg, build_parts(cfg, fitted=False, encoders=False), unconditional=unconditional)
+    tracked = [n for n, _ in module.ema.named_parameters()][-8:]  # the head and the last block: a cheap witness
+    ema_before = {n: _full(p) for n, p in module.ema.named_parameters() if n in tracked}
+    params = sum(p.numel() for p in module.model.parameters())
+    timer = step_timer()
+    precision = resolve_precision(cfg.trainer.precision, accelerator)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=build_strategy(cfg), precision=precision,
+                        max_steps=args.steps, callbacks=[timer], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, use_distributed_sampler=False)  # fmt: skip
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    loader = DataLoader([batch] * args.steps, batch_size=None, collate_fn=lambda b: b)  # ready batches
+    trainer.fit(module, train_dataloaders=loader)
 
-    def step() -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for k, (n, side) in enumerate(zip(counts, sides)):
-            if n == 0:
-                continue
-            x = torch.randn(n, cfg.autoencoder.channels, side, side, device=device)
-            text = TextEmbedding(torch.randn(n, t.max_length, t.dim, device=device),
-                                 torch.ones(n, t.max_length, dtype=torch.bool, device=device),
-                                 torch.randn(n, t.pooled_dim, device=device))  # fmt: skip
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                loss = flow.training_losses(model_fn(model), [(k, x)], [text]).total * n / sum(counts)
-            loss.backward()  # per stage: only one stage's activations are alive at a time
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - o.ema_decay)
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    torch.cuda.reset_peak_memory_stats()
-    times = [step() for _ in range(args.steps)]
+    ema_change = max((_full(p) - ema_before[n]).abs().max().item() for n, p in module.ema.named_parameters()
+                     if n in tracked)  # fmt: skip
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    after = timer.times[1:] or timer.times
+    step_s = sorted(after)[len(after) // 2]
+    achieved = rate(module.flops_per_batch, step_s, device)
     report = {
-        "device": torch.cuda.get_device_name(0),
+        "device": device,
         "config": args.config,
         "params": params,
-        "stage_counts": counts,
-        "image_tokens": [(s // cfg.model.patch_size) ** 2 for s in sides],
+        "stage_counts": batch.counts,
+        "image_tokens": [(s // cfg.model.patch_size) ** 2 for s in cfg.stage_latent_sizes()],
         "text_tokens": t.max_length,
-        "precision": "bf16 autocast" if dtype is not None else "fp32",
+        "precision": precision,
         "activation_checkpointing": cfg.trainer.activation_checkpointing,
-        "step_s": times,
-        "step_s_after_warmup": sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else times[0],
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        "step_s": timer.times,
+        "step_s_after_warmup": step_s,
+        "loss": timer.losses,
+        "ema_max_change": ema_change,
+        "model_flop_per_step": module.flops_per_batch,
+        "model_tflops": achieved["tflops"],
+        "mfu": achieved["peak_fraction"],  # of the card's dense bf16 peak (None where unknown, CPUs included)
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if args.device == "cuda" else None,
     }
-    dist.destroy_process_group()
     if args.json:
         print(json.dumps(report))
     else:

@@ -1,6 +1,6 @@
 """Shard writers and configs for the data tests; run as a script it is the DDP key-recording job.
 
-    python tests/data_fixtures.py ddp SHARDS_GLOB OUT_DIR MAX_STEPS
+    python tests/data_fixtures.py ddp SHARDS_GLOB OUT_DIR MAX_STEPS [key=value ...]
 
 Lightning re-launches this same command once per rank, so the job must live in a file, not in `-c`.
 """
@@ -189,7 +189,7 @@ def bad_set(root: Path) -> tuple[list[Path], dict[str, object]]:
     return [mixed, cut, empty, parquet], expected
 
 
-def _ddp_job(shards: str, out: str, max_steps: int) -> None:
+def _ddp_job(shards: str, out: str, max_steps: int, *overrides: str) -> None:
     """Train a one-parameter module under DDP (2 CPU processes, gloo) and record every key per rank."""
     import lightning as L
     import torch
@@ -214,7 +214,7 @@ def _ddp_job(shards: str, out: str, max_steps: int) -> None:
         def on_train_end(self):
             Path(out, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
 
-    cfg = data_cfg(shards, "data.num_workers=2", "data.batch_size=4", "data.shuffle_buffer=3")
+    cfg = data_cfg(shards, "data.num_workers=2", "data.batch_size=4", "data.shuffle_buffer=3", *overrides)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -230,7 +230,7 @@ def _ddp_job(shards: str, out: str, max_steps: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "ddp":
-        _ddp_job(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) >= 5 and sys.argv[1] == "ddp":
+        _ddp_job(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:])
     else:
         sys.exit(__doc__)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from nami.cli import main
 
 from .data_fixtures import BAD_SET_OPTIONS, BAD_SET_SKIPS, LEARNED_TEXT, TINY, bad_set
+from .hf_fixtures import HF_BAD_SET_SKIPS, HF_OPTIONS, hf_bad_set
 
 
 def _run(capsys, *argv):
@@ -30,19 +33,24 @@ def test_synth_writes_img2dataset_shards_deterministically(tmp_path, capsys):
     assert [p.read_bytes() for p in sorted((tmp_path / "c").glob("*.tar"))] != [p.read_bytes() for p in a]
 
 
-def test_check_reports_counts_and_exits_zero_on_bad_data(tmp_path, capsys):
-    paths, expected = bad_set(tmp_path)
-    shards = "data.shards=[" + ",".join(map(str, paths)) + "]"
-    code, out, _ = _run(capsys, "data", "check", TINY, *LEARNED_TEXT, shards, *BAD_SET_OPTIONS)
+@pytest.mark.parametrize("source", ["files", "hf"])
+def test_check_reports_counts_and_exits_zero_on_bad_data(tmp_path, capsys, source):
+    if source == "hf":
+        path, expected = hf_bad_set(tmp_path)
+        shards, skips = [f"data.shards={path}", *HF_OPTIONS], HF_BAD_SET_SKIPS
+    else:
+        paths, expected = bad_set(tmp_path)
+        shards, skips = ["data.shards=[" + ",".join(map(str, paths)) + "]"], BAD_SET_SKIPS
+    code, out, _ = _run(capsys, "data", "check", TINY, *LEARNED_TEXT, *shards, *BAD_SET_OPTIONS)
     assert code == 0
     assert f"samples      {len(expected)}" in out
-    for reason, count in BAD_SET_SKIPS.items():
+    for reason, count in skips.items():
         assert f"{reason} {count}" in out
     keys = tmp_path / "keys.txt"
-    argv = ["data", "check", TINY, *LEARNED_TEXT, shards, *BAD_SET_OPTIONS, "--json", "--world-size", 2]
+    argv = ["data", "check", TINY, *LEARNED_TEXT, *shards, *BAD_SET_OPTIONS, "--json", "--world-size", 2]
     code, out, _ = _run(capsys, *argv, "--keys-out", keys)
     report = json.loads(out)
-    assert code == 0 and report["skipped"] == BAD_SET_SKIPS and report["duplicates"] == 0
+    assert code == 0 and report["skipped"] == skips and report["duplicates"] == 0
     assert report["samples"] == report["unique"] == len(expected) and len(report["per_rank"]) == 2
     assert report["samples_per_s"] > 0
     assert sorted(keys.read_text().splitlines()) == sorted(expected)

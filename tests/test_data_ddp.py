@@ -11,27 +11,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from .data_fixtures import simple_shards
+from .hf_fixtures import source_set
 
 FIXTURES = Path(__file__).with_name("data_fixtures.py")
+
+
+# Unequal shard sizes, so ranks own different sample counts; 3 shards leave one shared by both ranks (where
+# `datasets`' own split_dataset_by_node would make both ranks read all three). The jobs run side by side.
+CASES = {"three": ("tar", [7, 10, 8]), "four": ("tar", [5, 9, 6, 8]), "hf_three": ("hf-parquet", [7, 10, 8])}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ddp_epoch_covers_every_key_once(tmp_path):
-    # Unequal shard sizes, so ranks own different sample counts; 3 shards leave one shared by both ranks.
-    cases = {"three": [7, 10, 8], "four": [5, 9, 6, 8]}
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(FIXTURES.parents[1]), os.environ.get("PYTHONPATH")])),
     }
     jobs, written = {}, {}
-    for name, sizes in cases.items():
+    for name, (source, sizes) in CASES.items():
         root = tmp_path / name
         (root / "out").mkdir(parents=True)
-        written[name] = simple_shards(root, sizes, prefix=name)
+        spec, options, written[name] = source_set(root, source, sizes, prefix=name)
         # a rank owns at most 14 samples an epoch (4 batches of 4): 12 steps cross epoch 0 with room to spare
-        cmd = [sys.executable, str(FIXTURES), "ddp", str(root / "*.tar"), str(root / "out"), "12"]
+        cmd = [sys.executable, str(FIXTURES), "ddp", spec, str(root / "out"), "12", *options]
         log = open(root / "log.txt", "w")
         jobs[name] = (subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     for name, (proc, log) in jobs.items():

@@ -11,9 +11,25 @@ import torch
 from data_modules import ShardDataModule
 
 from .data_fixtures import data_cfg, good, rgb_png, simple_shards, write_tar
+from .hf_fixtures import HF_OPTIONS, write_hf
 
 
-def _shards(root):
+def _shards(root, source="files"):
+    """24 samples, one bad among them, in 5 shards: tars + parquet, or one hf (parquet-folder) dataset.
+    Returns (data.shards, the overrides that read it, the good keys)."""
+    if source == "hf":
+        shards = [
+            [
+                {"key": f"s{s}_{i:04d}", "caption": f"c {s} {i}", "image": rgb_png(s * 1000 + i)}
+                for i in range(n)
+            ]
+            for s, n in enumerate([7, 4, 6])
+        ]
+        shards.append([{"key": "b_0", "caption": "x", "image": rgb_png(1)}, {"key": "b_bad", "caption": "x", "image": b""},
+                       {"key": "b_1", "caption": "x", "image": rgb_png(2)}])  # fmt: skip
+        shards.append([{"key": f"pq_{i}", "caption": f"row {i}", "image": rgb_png(40 + i)} for i in range(5)])
+        path = write_hf(root / "hf", "parquet", shards)
+        return str(path), HF_OPTIONS, [r["key"] for shard in shards for r in shard if r["key"] != "b_bad"]
     keys = simple_shards(root, [7, 4, 6])
     # a bad sample in the middle: skipped the same way in both runs, and counted once
     write_tar(
@@ -21,7 +37,7 @@ def _shards(root):
     )
     rows = [{"key": f"pq_{i}", "caption": f"row {i}", "image": rgb_png(40 + i)} for i in range(5)]
     pq.write_table(pa.Table.from_pylist(rows), root / "s004.parquet", row_group_size=2)  # resume skips groups
-    return keys + ["b_0", "b_1"] + [r["key"] for r in rows]
+    return str(root / "s*"), [], keys + ["b_0", "b_1"] + [r["key"] for r in rows]
 
 
 def _keys(batches):
@@ -38,11 +54,12 @@ def _take(dm, n, prefetch=0):
     return batches[:n]
 
 
+@pytest.mark.parametrize("source", ["files", "hf"])
 @pytest.mark.parametrize("shuffle", [0, 3])
-def test_resume_continues_the_uninterrupted_sequence(tmp_path, shuffle):
-    keys = _shards(tmp_path)
+def test_resume_continues_the_uninterrupted_sequence(tmp_path, shuffle, source):
+    spec, options, keys = _shards(tmp_path, source)
     cfg = data_cfg(
-        str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=2", f"data.shuffle_buffer={shuffle}"
+        spec, "data.batch_size=4", "data.num_workers=2", f"data.shuffle_buffer={shuffle}", *options
     )
     total, stop = 18, 7  # 18 batches of 4 = 72 samples: over three epochs of 24
     uninterrupted = ShardDataModule(cfg)
@@ -109,13 +126,12 @@ def _fit(cfg, root, max_steps, ckpt=None, every=None):
 
 
 @pytest.mark.timeout(180)
-def test_lightning_checkpoint_restores_the_loader_position(tmp_path):
+@pytest.mark.parametrize("source", ["files", "hf"])
+def test_lightning_checkpoint_restores_the_loader_position(tmp_path, source):
     """Through a real Trainer: Lightning prefetches a batch before it saves; the resumed run keeps it."""
     (tmp_path / "data").mkdir()
-    _shards(tmp_path / "data")
-    cfg = data_cfg(
-        str(tmp_path / "data" / "s*"), "data.batch_size=3", "data.num_workers=2", "data.shuffle_buffer=4"
-    )
+    spec, options, _ = _shards(tmp_path / "data", source)
+    cfg = data_cfg(spec, "data.batch_size=3", "data.num_workers=2", "data.shuffle_buffer=4", *options)
     full = _fit(cfg, tmp_path / "a", 9)
     head = _fit(cfg, tmp_path / "b", 4, every=4)
     ckpt = tmp_path / "b" / "epoch=0-step=4.ckpt"

@@ -7,10 +7,12 @@ import itertools
 import pytest
 
 from data_modules import ShardStream, StreamSpec, WorkerState, resolve_shards, split_pieces, worker_pieces
+from data_modules.sources import resolve_data
 from data_modules.split import Piece
 from nami.config import ConfigError
 
 from .data_fixtures import data_cfg, simple_shards
+from .hf_fixtures import SOURCES, source_set
 
 
 def test_patterns_resolve_in_order_without_duplicates(tmp_path):
@@ -76,11 +78,13 @@ def test_remainder_is_redistributed_by_sample():
     assert split_pieces([Piece(2, 2, 1)], 2, 1) == [Piece(2, 4, 3)]
 
 
-def test_uneven_shards_stream_exactly_once(tmp_path):
+@pytest.mark.parametrize("source", SOURCES)
+def test_uneven_shards_stream_exactly_once(tmp_path, source):
     """Real shards of unequal sizes read as 2 ranks x 2 workers: the union is the set written, no repeats."""
-    keys = simple_shards(tmp_path, [5, 9, 2])
-    cfg = data_cfg(str(tmp_path / "*.tar"), "data.batch_size=3")
-    shards = resolve_shards(cfg.data.shards)
+    spec, options, keys = source_set(tmp_path, source, [5, 9, 2])
+    cfg = data_cfg(spec, "data.batch_size=3", *options)
+    shards = resolve_data(cfg.data)
+    assert len(shards) == (1 if source == "hf-imagefolder" else 3)
     seen = []
     for rank in range(2):
         spec = StreamSpec.from_config(cfg, shards, rank, 2, train=False)

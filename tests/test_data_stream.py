@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from data_modules import ShardStream, StreamSpec, WorkerState
 from data_modules.check import check_data
 
 from .data_fixtures import BAD_SET_OPTIONS, BAD_SET_REPAIRS, BAD_SET_SKIPS, bad_set, data_cfg
+from .hf_fixtures import HF_BAD_SET_SKIPS, HF_OPTIONS, hf_bad_set
+
+
+def _bad_cfg(root, source, *overrides):
+    """(config over the bad set of `source`, its good keys, expected skips, expected repairs)."""
+    if source == "hf":
+        path, expected = hf_bad_set(root)
+        return data_cfg(str(path), *BAD_SET_OPTIONS, *HF_OPTIONS, *overrides), expected, HF_BAD_SET_SKIPS, {}
+    paths, expected = bad_set(root)
+    return data_cfg(paths, *BAD_SET_OPTIONS, *overrides), expected, BAD_SET_SKIPS, BAD_SET_REPAIRS
 
 
 def _eval_samples(cfg):
@@ -26,23 +37,23 @@ def _eval_samples(cfg):
     return out, state
 
 
-def test_every_bad_class_is_skipped_with_its_reason(tmp_path):
-    paths, expected = bad_set(tmp_path)
-    cfg = data_cfg(paths, *BAD_SET_OPTIONS, "data.num_workers=2")
+@pytest.mark.parametrize("source", ["files", "hf"])
+def test_every_bad_class_is_skipped_with_its_reason(tmp_path, source):
+    cfg, expected, skips, repairs = _bad_cfg(tmp_path, source, "data.num_workers=2")
     keys = tmp_path / "keys.txt"
     report = check_data(cfg, world_size=1, keys_out=keys)
-    assert report["skipped"] == BAD_SET_SKIPS
-    assert report["repaired"] == BAD_SET_REPAIRS
+    assert report["skipped"] == skips
+    assert report["repaired"] == repairs
     assert report["samples"] == len(expected) and report["duplicates"] == 0
     assert sorted(keys.read_text().splitlines()) == sorted(expected)
 
 
-def test_split_reports_each_skip_once(tmp_path):
-    """Shared shards (3 ranks x 2 workers over 4 shards) still count every skipped sample exactly once."""
-    paths, expected = bad_set(tmp_path)
-    cfg = data_cfg(paths, *BAD_SET_OPTIONS, "data.num_workers=2")
+@pytest.mark.parametrize("source", ["files", "hf"])
+def test_split_reports_each_skip_once(tmp_path, source):
+    """Shared shards (3 ranks x 2 workers over 4 shards; hf: 3) still count every skipped sample exactly once."""
+    cfg, expected, skips, _ = _bad_cfg(tmp_path, source, "data.num_workers=2")
     report = check_data(cfg, world_size=3)
-    assert report["skipped"] == BAD_SET_SKIPS
+    assert report["skipped"] == skips
     assert report["samples"] == report["unique"] == len(expected)
     assert sum(r["samples"] for r in report["per_rank"]) == len(expected)
 

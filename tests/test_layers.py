@@ -27,7 +27,7 @@ ALLOWED = {
                     "nami.perf", "data_modules"),
     "nami.cli": (*LOWER, "nami.flow", "nami.bridges", "nami.models", "nami.eval", "nami.parts", "nami.lit",
                  "nami.perf", "nami.ablate", "data_modules"),
-    "nami": ("nami.config", "nami.errors"),
+    "nami": ("nami.config", "nami.errors", "nami.lit"),  # the package's facade: nami.NamiPipeline, imported lazily
 }
 
 

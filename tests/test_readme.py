@@ -11,7 +11,8 @@ from .helpers import REPO
 
 def _example() -> dict:
     text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    # the library example (other python blocks, e.g. NamiPipeline's, need a trained run)
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "build_parts" in b]
     assert blocks, "README lost its python example"
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)

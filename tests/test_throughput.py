@@ -108,9 +108,9 @@ def test_sampling_options_take_compile_from_the_config():
 
 
 def test_flushing_denormals_zeroes_them_and_leaves_samples_within_float_tolerance(setup):
-    tiny = torch.tensor([1e-39])  # below float32's smallest normal (1.18e-38)
     try:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(False)  # (a `nami` command run in this process earlier may have turned it on)
+        tiny = torch.tensor([1e-39])  # below float32's smallest normal (1.18e-38); made with flushing off
         kept = _pipeline(setup).sample(PROMPTS, [2, 2, 2], 3.0, seed=[1, 2]).images
         assert (tiny * 1.0).item() != 0.0
         assert flush_denormals() is True  # x86 (the kit's CPUs) has the mode

@@ -21,8 +21,8 @@ class Parts:
     """Everything the flow math needs around it; `flow.bridge` is `bridge`."""
 
     model: NestedMMDiT | None  # None when built with networks=False (bridge fitting)
-    text_encoder: TextEncoder | None
-    autoencoder: Autoencoder
+    text_encoder: TextEncoder | None  # None with networks=False or encoders=False
+    autoencoder: Autoencoder | None  # None with encoders=False (training from precomputed shards)
     bridge: BridgeFlow
     flow: PyramidFlow
 
@@ -57,17 +57,25 @@ def build_parts(
     fitted: bool = True,
     networks: bool = True,
     bridge: BridgeFlow | None = None,
+    encoders: bool = True,
 ) -> Parts:
     """The parts `cfg` describes. With `fitted` the bridge's weights are loaded (see `fitted_bridge`), else
     it is freshly initialised (bridge fitting, speed benchmarks); a given `bridge` is used as it is.
     `networks=False` leaves out the MM-DiT and the text encoder (bridge fitting needs neither; at 2B they are
-    most of the memory)."""
+    most of the memory). `encoders=False` leaves out the frozen text encoder and the autoencoder: training from
+    precomputed shards (data.precomputed) reads their outputs, so nothing is built or loaded (the config refuses
+    data.precomputed with a text encoder that trains with the model)."""
     if bridge is None:
         bridge = fitted_bridge(cfg, run_dir) if fitted else bridge_from_config(cfg)
     return Parts(
         model=build_model(cfg) if networks else None,
-        text_encoder=build_text_encoder(cfg.text_encoder) if networks else None,
-        autoencoder=build_autoencoder(cfg.autoencoder),
+        text_encoder=build_text_encoder(cfg.text_encoder) if networks and encoders else None,
+        autoencoder=build_autoencoder(cfg.autoencoder) if encoders else None,
         bridge=bridge,
         flow=PyramidFlow.from_config(cfg, bridge),
     )
+
+
+def build_encoders(cfg: NamiConfig) -> tuple[TextEncoder, Autoencoder]:
+    """The text encoder and the autoencoder alone (`nami data encode`; sampling after precomputed training)."""
+    return build_text_encoder(cfg.text_encoder), build_autoencoder(cfg.autoencoder)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, NamiConfig, load, to_dict
+from ..flow import StageMix
 
 # Keys `nami ablate` sets per arm and seed; setting them by hand would break the pairing or the budget.
 OWNED_KEYS = {
@@ -23,6 +24,9 @@ OWNED_KEYS = {
     "trainer.max_time": "--minutes",
     "eval.seed": "nothing (every arm is scored on the same prompts and noise)",
     "eval.per_category": "--eval-num",
+    # each arm is scored after training; scoring during it would spend the arms' budgets unequally (uniform
+    # sampling is slower) and add to their measured training time
+    "eval.every_n_steps": "nothing (each arm is scored once, after training)",
 }
 # For seed s every arm is scored with eval seed E + s * EVAL_SEED_STRIDE (E: the reference arm's eval.seed):
 # the same prompts and the same noise across arms (paired), a fresh prompt set per seed (so the spread over
@@ -50,22 +54,20 @@ class Budget:
             seconds = round(self.minutes * 60)
             return [f"trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"]
         out = [f"trainer.max_steps={self.steps}"]
-        if cfg.flow.ratio_schedule and self.steps != cfg.trainer.max_steps:
+        mix = StageMix.from_config(cfg.flow)
+        if mix.phases and self.steps != cfg.trainer.max_steps:
             out.append(scaled_ratio_schedule(cfg, self.steps))
         return out
 
 
 def scaled_ratio_schedule(cfg: NamiConfig, steps: int) -> str:
-    """A ratio schedule's phase starts moved to the same fractions of a different step budget.
+    """The override that moves a ratio schedule's phase starts to the same fractions of a different step budget.
 
     sequential_training's phases start at 700 and 1400 of 1700 steps; under a 300-step budget unscaled phases
     would never reach stages 1 and 2, and the arm would measure something else than it says."""
-    scale, starts, last = steps / cfg.trainer.max_steps, [], -1
-    for phase in cfg.flow.ratio_schedule:
-        last = max(last + 1, round(phase.start_step * scale))  # phases must start at increasing steps
-        starts.append(last)
-    phases = ", ".join(f"{{start_step: {s}, ratios: [{', '.join(f'{r:g}' for r in p.ratios)}]}}"
-                       for s, p in zip(starts, cfg.flow.ratio_schedule))  # fmt: skip
+    mix = StageMix.from_config(cfg.flow).rescaled(steps / cfg.trainer.max_steps)
+    phases = ", ".join(f"{{start_step: {start}, ratios: [{', '.join(f'{r:g}' for r in ratios)}]}}"
+                       for start, ratios in mix.phases)  # fmt: skip
     return f"flow.ratio_schedule=[{phases}]"
 
 
@@ -150,10 +152,9 @@ def _check_not_owned(overrides: list[str], where: str, allow_name: bool) -> None
 
 
 def _check_data(cfg: NamiConfig) -> None:
-    from data_modules.sources import resolve_shards
+    from data_modules.sources import resolve_data
 
-    if cfg.data.format != "hf":  # hf datasets resolve inside `datasets`, at training time
-        resolve_shards(cfg.data.shards, cfg.data.format)
+    resolve_data(cfg.data)
 
 
 def make_arms(configs: list[str], arm_groups: list[list[str]], common: list[str]) -> list[Arm]:
@@ -212,7 +213,7 @@ def build_plan(out: str | Path, arms: list[Arm], seeds: list[int], budget: Budge
             own = [
                 f"name={arm.name}-seed{seed}", f"seed={seed}", f"trainer.default_root_dir={out / 'runs'}",
                 f"eval.seed={ref.eval.seed + EVAL_SEED_STRIDE * seed}", f"eval.per_category={per_category}",
-                f"eval.prompt_set={ref.eval.prompt_set}", *budget.overrides(base[arm.name]),
+                f"eval.prompt_set={ref.eval.prompt_set}", "eval.every_n_steps=0", *budget.overrides(base[arm.name]),
             ]  # fmt: skip
             overrides = [*common, *arm.overrides, *own]
             plan.runs.append(ArmSeed(arm, seed, overrides, load(arm.config, overrides)))

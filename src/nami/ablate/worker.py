@@ -17,7 +17,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ConfigError, NamiConfig, RatioPhase, load
+from ..config import ConfigError, NamiConfig, load
 from .records import exclusive, read_json, write_json
 
 STEP_CHECKPOINT = re.compile(r"^step(\d+)\.ckpt$")
@@ -74,17 +74,10 @@ def run_quality(path: Path) -> None:
 
 
 def phase_lengths(cfg: NamiConfig, steps: int) -> list[tuple[list[float], int]]:
-    """The stage ratios in force during `steps` training steps, each with its number of steps
-    (flow.stage_ratios until the first ratio_schedule phase starts, as nami.flow.StageMix has it)."""
-    phases = [RatioPhase(0, list(cfg.flow.stage_ratios)), *cfg.flow.ratio_schedule]
-    steps = max(steps, 1)
-    out = []
-    for i, phase in enumerate(phases):
-        end = phases[i + 1].start_step if i + 1 < len(phases) else steps
-        length = min(end, steps) - min(phase.start_step, steps)
-        if length > 0:
-            out.append((list(phase.ratios), length))
-    return out
+    """The stage ratios in force during `steps` training steps, each with its number of steps."""
+    from ..flow import StageMix
+
+    return StageMix.from_config(cfg.flow).phase_lengths(max(steps, 1))
 
 
 def training_step_times(cfg: NamiConfig, steps: int, repeats: int) -> dict:

@@ -28,10 +28,12 @@ def cmd_bench_sampling(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_training(args: argparse.Namespace) -> int:
-    """Joint multi-resolution training step vs full-resolution-only step, vs the FLOP model."""
+    """Joint vs full-resolution-only training step (vs the FLOP model); online encoding vs precomputed inputs.
+
+    data.precomputed picks the data path of the first figures; the other path is timed in the same run."""
     from ..perf.bench import bench_training, format_training
 
-    report = bench_training(load(args.config, args.overrides), repeats=args.repeats)
+    report = bench_training(load(args.config, args.overrides), repeats=args.repeats, compare_data=True)
     return print_report(args, report, format_training)
 
 

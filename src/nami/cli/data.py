@@ -1,9 +1,10 @@
-"""`nami data synth|check`."""
+"""`nami data synth|check|encode`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..config import ConfigError, load
 from .common import add_config_args, positive_int, print_report
@@ -32,8 +33,38 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+STORAGE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def cmd_data_encode(args: argparse.Namespace) -> int:
+    """Precomputed VAE latents + text embeddings: stream the shards once, write shards data.precomputed=true reads."""
+    import torch
+
+    from data_modules.encode import encode_shards, format_encode
+
+    from ..lit.precision import autocast_dtype, uses_cuda
+    from ..parts import build_encoders
+
+    cfg = load(args.config, args.overrides)
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", 1))  # torchrun / SLURM-style launches
+    rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
+    device, autocast = torch.device("cpu"), None  # fp32 on CPUs
+    if uses_cuda(cfg.trainer.accelerator):  # bf16 / fp16 autocast as trainer.precision resolves on a GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+        torch.cuda.set_device(device)
+        autocast = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
+    storage = (autocast or torch.float32) if args.dtype == "auto" else getattr(torch, args.dtype)
+
+    def encoders():
+        text_encoder, autoencoder = build_encoders(cfg)
+        return text_encoder.to(device).eval(), autoencoder.to(device).eval()
+
+    report = encode_shards(cfg, args.out, encoders, rank, world, device, autocast, storage, args.shard_size)
+    return print_report(args, report, format_encode)
+
+
 def add_commands(sub):
-    data = sub.add_parser("data", help="synthesise and check data shards")
+    data = sub.add_parser("data", help="synthesise, check and encode data shards")
     group = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     synth = group.add_parser("synth", help=cmd_data_synth.__doc__.splitlines()[0])
     synth.add_argument("--out", required=True, help="output directory for the .tar shards")
@@ -55,4 +86,14 @@ def add_commands(sub):
         help="read as each of N ranks in turn (same split as training): per-rank counts, duplicates",
     )
     check.set_defaults(func=cmd_data_check)
+    encode = group.add_parser("encode", help=cmd_data_encode.__doc__.splitlines()[0])
+    add_config_args(encode)
+    encode.add_argument("--out", required=True, help="output directory (resumes what a killed run left there)")
+    encode.add_argument("--world-size", type=positive_int, default=None, metavar="N",
+                        help="ranks sharing the shards (default: $WORLD_SIZE or 1); run once per rank")
+    encode.add_argument("--rank", type=int, default=None, metavar="R", help="this rank (default: $RANK or 0)")
+    encode.add_argument("--shard-size", type=positive_int, default=1000, help="samples per output shard")
+    encode.add_argument("--dtype", choices=STORAGE_DTYPES, default="auto",
+                        help="stored tensors (auto: the autocast dtype on GPUs, float32 on CPUs)")
+    encode.set_defaults(func=cmd_data_encode)
     return group

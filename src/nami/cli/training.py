@@ -32,10 +32,14 @@ def cmd_pretrain_bridge(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Joint multi-resolution flow training (resumable with trainer.resume=last)."""
+    from ..lit.export import newest_export
     from ..lit.runner import train
 
     out = train(load(args.config, args.overrides))
     print(f"run directory: {out}")
+    export = newest_export(out)
+    if export is not None:  # written at the end of training (rank 0)
+        print(f"model directory: {export}")
     return 0
 
 

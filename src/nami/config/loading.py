@@ -56,10 +56,16 @@ def _omegaconf_error(err: OmegaConfBaseException) -> ConfigError:
     return ConfigError(key, message)
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> NamiConfig:
-    """Compose defaults <- base chain <- file <- overrides, validate, and return a `NamiConfig`."""
+def load(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), under: dict[str, Any] | None = None
+) -> NamiConfig:
+    """Compose defaults <- `under` <- base chain <- file <- overrides, validate, and return a `NamiConfig`.
+
+    `under` is a plain-dict config the file and overrides layer over (a model directory's config.json)."""
     schema = OmegaConf.structured(NamiConfig)
     layers = [schema]
+    if under is not None:
+        layers.append(OmegaConf.create(under))
     if path is not None:
         layers.append(_compose(Path(path)))
     for item in overrides:

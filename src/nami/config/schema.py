@@ -146,6 +146,8 @@ class DataConfig:
     key_column: str = "key"  # parquet: the sample key (a row without one is "<file>:<row>")
     caption_column: str = "caption"  # parquet / hf: the caption column; tars: .txt, else this json field
     image_column: str = "image"  # parquet / hf: image bytes, or a {"bytes", "path"} struct
+    hf_split: str = "train"  # hf: the split of each dataset in data.shards
+    hf_name: str | None = None  # hf: the dataset's configuration (load_dataset's `name`), None: its default
     min_size: int | None = None  # skip images whose shorter side is below this (None: resolution // 8; 0: none)
     precomputed: bool = False  # shards written by `nami data encode`: stored latents and text states
     max_pixels: int = 64_000_000  # skip images with more pixels (decompression bombs), before decoding
@@ -209,6 +211,8 @@ class EvalConfig:
     clip_path: str | None = None  # local CLIPModel + CLIPProcessor directory
     every_n_steps: int = 0  # training: score GenEval-Shapes with the EMA weights every n steps (0: off)
     keep_best: bool = False  # training: also keep the checkpoint with the best eval/overall
+    # training: prompts per category of those evaluations (the first of `nami eval`'s set, same noise seeds)
+    train_per_category: int = 10
 
 
 @dataclass

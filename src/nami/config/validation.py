@@ -110,6 +110,9 @@ def validate(cfg: NamiConfig) -> None:
     _check_choice("text_encoder.pooling", te.pooling, TEXT_POOLINGS)
     if te.pooled_max_length is not None and te.pooled_max_length < 1:
         raise ConfigError("text_encoder.pooled_max_length", f"must be >= 1, got {te.pooled_max_length}")
+    if cfg.data.precomputed and te.kind == "learned":  # the one kind that trains with the model
+        raise ConfigError("text_encoder.kind", "learned trains with the model, so data.precomputed=true cannot use "
+                                               "stored text states; use a frozen encoder (minilm, hf)")  # fmt: skip
     if ae.kind == "diffusers_kl" and not ae.path:
         raise ConfigError("autoencoder.path", "the diffusers_kl autoencoder needs a local path or hub id")
 
@@ -138,6 +141,10 @@ def validate(cfg: NamiConfig) -> None:
         raise ConfigError("eval.per_category", f"must be >= 1, got {cfg.eval.per_category}")
     if cfg.eval.every_n_steps < 0:
         raise ConfigError("eval.every_n_steps", f"must be >= 0, got {cfg.eval.every_n_steps}")
+    if cfg.eval.train_per_category < 1:
+        raise ConfigError("eval.train_per_category", f"must be >= 1, got {cfg.eval.train_per_category}")
+    if cfg.eval.keep_best and cfg.eval.every_n_steps == 0:
+        raise ConfigError("eval.keep_best", "needs evaluations during training: set eval.every_n_steps > 0")
     for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints"):
         if getattr(cfg.trainer, key) < 1:
             raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")

@@ -89,6 +89,12 @@ class PyramidFlow:
         sigma = self.schedule.global_sigma(k, sigma_local)
         return velocity_from_output(output, z, sigma, self.schedule.width(k), self.prediction)
 
+    def predicted_clean(self, z: torch.Tensor, v: torch.Tensor, sigma_local: float, k: int) -> torch.Tensor:
+        """The clean latent a stage-k velocity points at: on z = sigma n + (1 - sigma) x the global velocity is
+        n - x = v / width, so x0 = z - sigma v / width (global sigma; for x-prediction this is the output)."""
+        sigma = self.schedule.global_sigma(k, sigma_local)
+        return z - (sigma / self.schedule.width(k)) * v.to(z.dtype)
+
     # ---- training -------------------------------------------------------------------------------------
     def stage_latents(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Stage k's level of the data pyramid of full-resolution latents x."""
@@ -166,9 +172,8 @@ class PyramidFlow:
             if guidance != 1.0:
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + guidance * (v_cond - v_uncond)
-            if keep_stages:  # the clean latent this velocity points at: x0 = z - sigma (n - x)
-                sigma = self.schedule.global_sigma(k, sigma_local)
-                last["x0"] = z - (sigma / self.schedule.width(k)) * v.to(z.dtype)
+            if keep_stages:  # the stage's last call leaves its prediction in `last`
+                last["x0"] = self.predicted_clean(z, v, sigma_local, k)
             return v
 
         z = noise

@@ -164,3 +164,24 @@ class StageMix:
     def all_ratios(self) -> list[list[float]]:
         """Every set of ratios a run can meet."""
         return [list(self.ratios)] + [list(r) for _, r in self.phases]
+
+    def phase_lengths(self, steps: int) -> list[tuple[list[float], int]]:
+        """The ratios in force during `steps` training steps, each with its number of steps (phases that
+        start at or after `steps` never run)."""
+        phases = [(0, self.ratios), *self.phases]
+        out = []
+        for i, (start, ratios) in enumerate(phases):
+            end = phases[i + 1][0] if i + 1 < len(phases) else steps
+            length = min(end, steps) - min(start, steps)
+            if length > 0:
+                out.append((list(ratios), length))
+        return out
+
+    def rescaled(self, scale: float) -> "StageMix":
+        """The phases moved to the same fractions of a budget `scale` times as long (starts rounded, kept
+        strictly increasing): a schedule written for 1700 steps then still reaches every phase in 300."""
+        phases, last = [], -1
+        for start, ratios in self.phases:
+            last = max(last + 1, round(start * scale))
+            phases.append((last, ratios))
+        return StageMix(self.ratios, tuple(phases))

@@ -27,7 +27,8 @@ class BridgePretrainModule(L.LightningModule):
         cfg = config if isinstance(config, NamiConfig) else config_from_dict(config)
         self.cfg = cfg
         self.save_hyperparameters({"config": to_dict(cfg)})
-        parts = parts if parts is not None else build_parts(cfg, fitted=False, networks=False)
+        parts = parts if parts is not None else build_parts(cfg, fitted=False, networks=False,
+                                                            encoders=not cfg.data.precomputed)  # fmt: skip
         self.bridge: BridgeFlow = parts.bridge
         if not self.bridge.learnable:
             raise ConfigError("bridge.kind", f"{cfg.bridge.kind} has nothing to fit; train with it directly")
@@ -54,9 +55,12 @@ class BridgePretrainModule(L.LightningModule):
         return torch.optim.AdamW(self.bridge.parameters(), lr=self.cfg.bridge.lr, weight_decay=0.0)
 
     def pairs(self, batch, batch_idx: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(u, y, k) for every transition from each full-resolution image and one noise draw."""
+        """(u, y, k) for every transition from each full-resolution image (or stored latent: data.precomputed)
+        and one noise draw."""
         gen = step_generator(self.cfg.seed, self.global_rank, batch_idx, self.device)
-        return self.flow.bridge_pairs(self.autoencoder.encode(torch.cat(batch.images)).float(), gen)
+        x = torch.cat(batch.images)
+        latents = x if getattr(batch, "text", None) is not None else self.autoencoder.encode(x)
+        return self.flow.bridge_pairs(latents.float(), gen)
 
     def training_step(self, batch, batch_idx):
         pairs = self.pairs(batch, batch_idx)

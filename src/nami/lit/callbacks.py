@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from safetensors.torch import save_file
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
+
+from ..config import ConfigError, NamiConfig
+from ..eval import prompt_set, to_rgb_uint8
+from ..eval.shapes import CATEGORIES
+from .evaluation import prompt_set_identity, score_images
+from .images import captioned_grid, stage_panels
 
 
 def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> ThroughputMonitor:
@@ -44,17 +52,33 @@ class StepProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
+@contextmanager
+def sampling_mode(module: torch.nn.Module):
+    """eval() while sampling, then every submodule back to its own mode (the frozen bridge stays in eval:
+    a plain train() afterwards would switch it, and any dropout or batch norm in it, to training)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class SampleGrid(L.Callback):
     """Every `every` steps (and at the end): sample the fixed prompts with EMA weights; log and save a grid.
 
-    Row i is prompt i; its columns are each stage's end point upsampled to full size, the last one being
-    the final image. Runs on every rank (sharded models need all ranks for a forward); rank 0 writes.
+    Row i is prompt i, its caption written beside it; its columns are each stage's end point upsampled to full
+    size and, beside every end but the last (the final image), the clean image predicted at that stage's last
+    model call. Logged once per step (the end of training may fall on a sampling step). Runs on every rank
+    (sharded models need all ranks for a forward); rank 0 writes.
     """
 
     def __init__(self, out_dir: Path, prompts: list[str], steps: list[int], guidance: float, seed: int = 0,
                  every: int = 0, dtype: torch.dtype | None = None):  # fmt: skip
         self.out_dir, self.prompts, self.steps, self.guidance = Path(out_dir), list(prompts), list(steps), guidance
         self.seed, self.every, self.dtype = seed, every, dtype
+        self._logged_step = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
@@ -65,24 +89,141 @@ class SampleGrid(L.Callback):
 
     @torch.no_grad()
     def sample(self, trainer, pl_module) -> None:
-        was_training = pl_module.training
-        pl_module.eval()
-        result = pl_module.pipeline(use_ema=True).sample(self.prompts, self.steps, self.guidance, seed=self.seed,
-                                                         keep_stages=True, dtype=self.dtype)  # fmt: skip
-        pl_module.train(was_training)
+        step = trainer.global_step
+        if step == self._logged_step:  # a skipped (non-finite) step, or the end on a sampling step
+            return
+        self._logged_step = step
+        with sampling_mode(pl_module):
+            result = pl_module.pipeline(use_ema=True).sample(self.prompts, self.steps, self.guidance, seed=self.seed,
+                                                             keep_stages=True, dtype=self.dtype)  # fmt: skip
         if not trainer.is_global_zero:
             return
-        columns = torch.stack(result.stage_ends, dim=1)  # (prompts, stages, C, H, W)
-        grid = make_grid(columns.flatten(0, 1).float().cpu(), nrow=columns.shape[1], normalize=True,
-                         value_range=(-1, 1))  # fmt: skip
-        zoom = max(1, 256 // columns.shape[-1])  # small images enlarged, pixels kept crisp
-        grid = F.interpolate(grid[None], scale_factor=zoom, mode="nearest")[0]
-        step = trainer.global_step
+        rows = [stage_panels(result, i, starts=False) for i in range(len(self.prompts))]
+        panels = torch.stack([torch.stack([image for _, image in row]) for row in rows])
+        grid = captioned_grid(panels, self.prompts, [title for title, _ in rows[0]])
         for logger in trainer.loggers:
             if hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("samples/stages", grid, step)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.out_dir / f"step{step:08d}.png")
+
+
+def rank_share(n: int, world: int, rank: int) -> list[int]:
+    """The prompt indices rank `rank` of `world` samples: consecutive blocks of ceil(n / world), the last
+    ones padded with prompt n - 1, so every rank runs the same batches and the shares gathered in rank order
+    start with prompts 0 .. n - 1 in order."""
+    share = -(-n // world)
+    return [min(rank * share + j, n - 1) for j in range(share)]
+
+
+class EvalCallback(L.Callback):
+    """GenEval-Shapes of the EMA weights every `every` steps, and at the end of a run that got that far.
+
+    The prompts are the first `per_category` of each category of `nami eval`'s set, sampled with the same noise
+    seeds and sampler settings, so a score here is `nami eval --num per_category` of those weights. Logged as
+    eval/<category> and eval/overall (plus eval/fid and eval/clip_score when their weights are configured).
+    With `best_dir`, best_dir/best.ckpt (weights only) holds the step with the best eval/overall so far and
+    best.json its scores; that record carries across resumes, and a best.ckpt without one is never replaced.
+
+    Every rank samples an equal share of the prompts (padded, so every rank runs the same batches, which a
+    sharded model needs); the images are gathered, rank 0 scores them and broadcasts the scores, so every rank
+    logs and keeps the same.
+    """
+
+    BEST, RECORD = "best.ckpt", "best.json"
+
+    def __init__(self, cfg: NamiConfig, every: int, per_category: int, best_dir: Path | None = None,
+                 dtype: torch.dtype | None = None):  # fmt: skip
+        self.cfg, self.every, self.dtype = cfg, every, dtype
+        self.specs = prompt_set(per_category, cfg.eval.seed, cfg.resolution)
+        self.identity = prompt_set_identity(self.specs, "standard", cfg.eval.seed)
+        self.best_dir = Path(best_dir) if best_dir is not None else None
+        self.best = self._recorded_best() if self.best_dir is not None else None
+        self._last_step = -1
+
+    def _recorded_best(self) -> float | None:
+        """eval/overall of the checkpoint kept so far under best_dir (None: none yet)."""
+        record, ckpt = self.best_dir / self.RECORD, self.best_dir / self.BEST
+        if not record.is_file():
+            if ckpt.exists():
+                raise ConfigError("eval.keep_best", f"{ckpt} exists without {self.RECORD}; it would be replaced: "
+                                                    "move it away")  # fmt: skip
+            return None
+        try:
+            kept = json.loads(record.read_text())
+            overall, digest = float(kept["overall"]), kept["prompt_set"]["digest"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError("eval.keep_best", f"{record} is not a best-checkpoint record ({err})") from None
+        if digest != self.identity["digest"]:
+            raise ConfigError("eval.keep_best", f"{record} scored another prompt set (eval.seed or "
+                                                "eval.train_per_category changed): move it away")  # fmt: skip
+        return overall
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every == 0 and step != self._last_step:  # not again after a skipped step
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step >= self.every and trainer.global_step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer, pl_module) -> dict[str, float]:
+        """Sample, score, log; keep the checkpoint if it is the best so far. Every rank must call it."""
+        step = self._last_step = trainer.global_step
+        start = time.perf_counter()
+        with sampling_mode(pl_module):
+            images = self._sample(trainer, pl_module)
+        scores = self._scores(trainer, images)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"eval/{name}": value for name, value in scores.items()}, step=step)
+        pl_module.print(f"eval at step {step}: overall {scores['overall']:.3f} ({len(self.specs)} prompts, "
+                        f"{time.perf_counter() - start:.1f}s)")  # fmt: skip
+        if self.best_dir is not None and (self.best is None or scores["overall"] > self.best):
+            self._keep(trainer, step, scores)
+        return scores
+
+    def _sample(self, trainer, pl_module) -> torch.Tensor:
+        """(N, 3, H, W) uint8 images of every prompt, in prompt order, on every rank."""
+        n, world = len(self.specs), trainer.world_size
+        mine = rank_share(n, world, trainer.global_rank)
+        pipe, s, size = pl_module.pipeline(use_ema=True), self.cfg.sampler, self.cfg.eval.batch_size
+        images = []
+        for i in range(0, len(mine), size):
+            index = mine[i : i + size]
+            captions, seeds = [self.specs[j]["caption"] for j in index], [self.cfg.eval.seed + j for j in index]
+            result = pipe.sample(captions, s.steps_for(), s.guidance, seed=seeds, mode=s.mode, dtype=self.dtype)
+            images += [torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1) for image in result.images]
+        images = torch.stack(images)
+        if world > 1:  # (world, share, ...) in rank order, which is prompt order
+            images = trainer.strategy.all_gather(images.to(pl_module.device)).flatten(0, 1).cpu()
+        return images[:n]
+
+    def _scores(self, trainer, images: torch.Tensor) -> dict[str, float]:
+        """Rank 0 scores; every rank gets its scores (or its error, so no rank waits for ever)."""
+        scores: dict = {}
+        if trainer.is_global_zero:
+            try:
+                report = score_images(self.cfg, self.specs, images, "standard")
+                names = (*CATEGORIES, "overall", "fid", "clip_score")
+                scores = {name: float(report[name]) for name in names if report[name] is not None}
+            except Exception as err:  # noqa: BLE001 - the other ranks wait for these scores
+                scores = {"error": f"{type(err).__name__}: {err}"}
+        scores = trainer.strategy.broadcast(scores, src=0)
+        if "error" in scores:
+            raise RuntimeError(f"evaluation at step {trainer.global_step} failed: {scores['error']}")
+        return scores
+
+    def _keep(self, trainer, step: int, scores: dict[str, float]) -> None:
+        """best.ckpt (atomically replaced, every rank joins), then its record (atomically too; a kill between
+        the two leaves the new checkpoint under the old, lower record, which a later step may then beat)."""
+        trainer.save_checkpoint(self.best_dir / self.BEST, weights_only=True)
+        if trainer.is_global_zero:
+            partial = self.best_dir / f"{self.RECORD}.partial"
+            partial.write_text(json.dumps({"step": step, **scores, "prompt_set": self.identity}, indent=2) + "\n")
+            os.replace(partial, self.best_dir / self.RECORD)
+        self.best = scores["overall"]
 
 
 class SkipCounts(L.Callback):

@@ -158,14 +158,16 @@ def safe_dcp_loading():
 
 
 def read_weights(path: Path, key: str = "--ckpt") -> tuple[dict[str, torch.Tensor], Path]:
-    """(flat state dict, run directory) from a run directory, weights.safetensors, a .ckpt file or a
-    distributed (FSDP) .ckpt directory. Lightning checkpoints give their EMA weights."""
-    if path.is_dir() and not (path / ".metadata").exists():  # a run directory
-        if (path / "weights.safetensors").is_file():
-            return read_weights(path / "weights.safetensors", key)
+    """(flat state dict, run directory) from a run directory, a model directory, weights.safetensors, a .ckpt
+    file or a distributed (FSDP) .ckpt directory. Lightning checkpoints give their EMA weights."""
+    if path.is_dir() and not (path / ".metadata").exists():  # a run directory, or a model one (`nami export`)
+        for name in ("weights.safetensors", "model.safetensors"):
+            if (path / name).is_file():
+                return read_weights(path / name, key)
         steps = sorted((path / "checkpoints").glob("step*.ckpt"))
         if not steps:
-            raise ConfigError(key, f"{path} holds neither weights.safetensors nor checkpoints/step*.ckpt")
+            raise ConfigError(key, f"{path} holds neither weights.safetensors, model.safetensors nor "
+                                   "checkpoints/step*.ckpt")  # fmt: skip
         return read_weights(steps[-1], key)
     if not path.exists():
         raise ConfigError(key, f"not found: {path}")

@@ -24,22 +24,16 @@ def prompt_set_identity(specs: list[dict], name: str, seed: int) -> dict:
     return {"name": name, "per_category": per_category, "seed": seed, "digest": digest}
 
 
-def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None, progress: bool = True) -> dict:
-    """Category scores, overall (mean of the six), their binomial standard errors (`stderr`), sampling time,
-    the prompt set's identity (`prompt_set`), and FID / CLIPScore when configured."""
+def score_images(cfg, specs: list[dict], images, set_name: str | None = None) -> dict:
+    """GenEval-Shapes scores of images sampled for `specs` (per category, overall, their standard errors,
+    per-image results), the prompt set's identity, and FID / CLIPScore when configured (None otherwise, with
+    a line in `notices`). The one scoring path of `nami eval` and of the evaluation during training."""
     from nami.eval.shapes import render
 
-    cfg = module.cfg
-    count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
-    specs = prompt_set(count, cfg.eval.seed, cfg.resolution)
     captions = [s["caption"] for s in specs]
-    start = time.perf_counter()
-    images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
-    sampling_s = time.perf_counter() - start
     report = evaluate(images, specs)
-    report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=cfg.sampler.steps_for(),
-                  guidance=cfg.sampler.guidance, prompt_set=prompt_set_identity(specs, cfg.eval.prompt_set,
-                  cfg.eval.seed), notices=[])  # fmt: skip
+    identity = prompt_set_identity(specs, set_name or cfg.eval.prompt_set, cfg.eval.seed)
+    report.update(prompt_set=identity, notices=[])
 
     def reference_images():  # the ground-truth renders of the same specs are FID's real set
         return torch.stack([torch.from_numpy(np.array(render(s))).permute(2, 0, 1) for s in specs])
@@ -51,6 +45,22 @@ def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None
         report[name] = value
         if notice:
             report["notices"].append(notice)
+    return report
+
+
+def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None, progress: bool = True) -> dict:
+    """Category scores, overall (mean of the six), their binomial standard errors (`stderr`), sampling time,
+    the prompt set's identity (`prompt_set`), and FID / CLIPScore when configured."""
+    cfg = module.cfg
+    count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
+    specs = prompt_set(count, cfg.eval.seed, cfg.resolution)
+    captions = [s["caption"] for s in specs]
+    start = time.perf_counter()
+    images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
+    sampling_s = time.perf_counter() - start
+    report = score_images(cfg, specs, images)
+    report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=cfg.sampler.steps_for(),
+                  guidance=cfg.sampler.guidance)  # fmt: skip
     return report
 
 

@@ -1,9 +1,10 @@
 """`trainer.init_from=DIR`: start joint training from given weights (a converted release, an exported model).
 
-DIR holds weights.safetensors ("model." keys, as `nami convert official` and training write them) and, beside
-it, bridges.safetensors. The MM-DiT and its EMA copy both start from the weights; the bridge comes from DIR
-unless `bridge.weights` names another file (e.g. one refitted with `nami pretrain-bridge`). Optimizer, step
-and data position start fresh: this is initialisation, not resume (`trainer.resume` is).
+DIR holds weights.safetensors ("model." keys, as `nami convert official` and training write them) or
+model.safetensors (the same keys, as `nami export` writes them) and, beside it, bridges.safetensors. The
+MM-DiT and its EMA copy both start from the weights; the bridge comes from DIR unless `bridge.weights` names
+another file (e.g. one refitted with `nami pretrain-bridge`). Optimizer, step and data position start fresh:
+this is initialisation, not resume (`trainer.resume` is).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ def init_dir(cfg: NamiConfig) -> Path | None:
     if not path.exists():
         raise ConfigError(KEY, f"not found: {path}")
     folder = path if path.is_dir() else path.parent
-    if not (folder / "weights.safetensors").is_file() and not path.is_file():
-        raise ConfigError(KEY, f"{path} holds no weights.safetensors (`nami convert official` writes one)")
+    weights_files = ("weights.safetensors", "model.safetensors")
+    if not any((folder / name).is_file() for name in weights_files) and not path.is_file():
+        raise ConfigError(KEY, f"{path} holds no weights.safetensors (`nami convert official` writes one) "
+                               "nor model.safetensors (`nami export`)")  # fmt: skip
     return folder
 
 

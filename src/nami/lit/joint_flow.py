@@ -15,8 +15,8 @@ from torch import nn
 from ..config import NamiConfig, config_from_dict, to_dict
 from ..errors import RunStopped
 from ..flow import StageLosses
-from ..models import forward_cost, model_fn
-from ..parts import Parts, build_parts
+from ..models import TextEmbedding, forward_cost, model_fn
+from ..parts import Parts, build_encoders, build_parts
 from .pipeline import Pipeline, SamplingOptions
 from .seeds import step_generator
 
@@ -40,25 +40,35 @@ class JointFlowModule(L.LightningModule):
 
     Receives its parts built (`nami.parts.build_parts`); built from `config` alone when Lightning restores it
     with `load_from_checkpoint` (the checkpoint then fills in every weight, the bridge's included).
+
+    A batch from precomputed shards (`batch.text` set: data.precomputed) holds full-size latents and stored text
+    embeddings: the module pools the latents per stage and swaps in `unconditional` (the stored embedding of the
+    empty prompt) where caption dropout drops a caption. Its parts then come without the frozen encoders
+    (`build_parts(..., encoders=False)`); sampling builds them on first use (`encoders`).
     """
 
-    def __init__(self, config: NamiConfig | dict, parts: Parts | None = None):
+    def __init__(self, config: NamiConfig | dict, parts: Parts | None = None,
+                 unconditional: TextEmbedding | dict | None = None):  # fmt: skip
         super().__init__()
         cfg = config if isinstance(config, NamiConfig) else config_from_dict(config)
         self.cfg = cfg
         self.save_hyperparameters({"config": to_dict(cfg)})
-        parts = parts if parts is not None else build_parts(cfg, fitted=False)
+        parts = parts if parts is not None else build_parts(cfg, fitted=False, encoders=not cfg.data.precomputed)
         self.model = parts.model
         self.model.grad_checkpointing = cfg.trainer.activation_checkpointing
         # Frozen encoders are plain attributes, not child modules: they stay out of the state dict and so out
         # of every checkpoint (at 2B, mT5-XXL alone is ~9 GB), and are rebuilt from the config on load.
         # _apply below still moves and casts them with the module.
         self._frozen: dict[str, nn.Module] = {}
-        if parts.text_encoder.trainable:
+        if parts.text_encoder is not None and parts.text_encoder.trainable:
             self.text_encoder = parts.text_encoder
-        else:
+        elif parts.text_encoder is not None:
             self._hold_frozen("text_encoder", parts.text_encoder)
-        self._hold_frozen("autoencoder", parts.autoencoder)
+        if parts.autoencoder is not None:
+            self._hold_frozen("autoencoder", parts.autoencoder)
+        if isinstance(unconditional, dict):
+            unconditional = TextEmbedding(unconditional["states"], unconditional["mask"], unconditional["pooled"])
+        self.unconditional = unconditional  # moved to the device on first use
         self.bridge = parts.bridge.requires_grad_(False).eval()
         self.flow = parts.flow
         # EMA of everything trained (a plain copy, so FSDP shards it like the original and checkpoints hold it)
@@ -86,20 +96,32 @@ class JointFlowModule(L.LightningModule):
             del state[key]
 
     def trainable(self) -> nn.ModuleDict:
-        """The modules the optimizer updates: the MM-DiT, plus the text encoder when it learns."""
+        """The modules the optimizer updates: the MM-DiT, plus the text encoder when it learns (a child module;
+        frozen encoders are not)."""
         parts = {"model": self.model}
-        if self.text_encoder.trainable:
+        if "text_encoder" in self._modules:
             parts["text_encoder"] = self.text_encoder
         return nn.ModuleDict(parts)
+
+    def encoders(self) -> tuple[nn.Module, nn.Module]:
+        """The text encoder and the autoencoder; built (and moved to this module's device) on first use when
+        the module trains from precomputed shards, since sampling still encodes prompts and decodes latents."""
+        missing = [name for name in ("text_encoder", "autoencoder") if getattr(self, name, None) is None]
+        if missing:
+            built = dict(zip(("text_encoder", "autoencoder"), build_encoders(self.cfg)))
+            for name in missing:
+                self._hold_frozen(name, built[name].to(self.device))
+        return self.text_encoder, self.autoencoder
 
     def pipeline(self, use_ema: bool = True) -> Pipeline:
         """A sampler over the current (or EMA) weights."""
         source = self.ema if use_ema else self.trainable()
-        text = source["text_encoder"] if "text_encoder" in source else self.text_encoder
+        text_encoder, autoencoder = self.encoders()
+        text = source["text_encoder"] if "text_encoder" in source else text_encoder
         # the configured prompt suffix and negative prompt; never a *-true precision (it would cast the weights
         # still training), and no compiling for the occasional preview
         options = replace(SamplingOptions.from_config(self.cfg.sampler), precision="auto", compile=False)
-        return Pipeline(source["model"], text, self.autoencoder, self.flow, self.cfg.latent_size, options)
+        return Pipeline(source["model"], text, autoencoder, self.flow, self.cfg.latent_size, options)
 
     def configure_model(self) -> None:
         """FSDP2 (trainer.strategy=fsdp): shard every block, then each trainable root, on the data-parallel mesh."""
@@ -127,12 +149,31 @@ class JointFlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- training -------------------------------------------------------------------------------------
-    def stage_latents(self, images: torch.Tensor, k: int, pooled: bool) -> torch.Tensor:
+    def stage_latents(self, images: torch.Tensor, k: int, pooled: bool, encoded: bool = False) -> torch.Tensor:
         """Model-space data of one stage group. `pooled` groups were already brought to the stage's side in
         the data workers (pixel space); otherwise the images are full resolution and the pyramid is built on
-        the latents (VAE(Down(img)) != Down(VAE(img)))."""
-        latents = self.autoencoder.encode(images)
+        the latents (VAE(Down(img)) != Down(VAE(img))). `encoded`: the group holds stored full-size latents."""
+        latents = images.float() if encoded else self.autoencoder.encode(images)
         return latents if pooled else self.flow.stage_latents(latents, k)
+
+    def stage_text(self, captions: list[str], stored: dict | None, generator: torch.Generator) -> TextEmbedding:
+        """The conditioning of one group after caption dropout (drawn from `generator` either way): encoded
+        now, or the `stored` embeddings with the unconditional one where a caption was dropped."""
+        kept = self.flow.drop_captions(captions, generator)
+        if stored is None:
+            return self.text_encoder(kept).to(self.device).for_attention()
+        keep = [a == b for a, b in zip(kept, captions)]  # dropped captions became ""
+        stored = TextEmbedding(stored["states"].float(), stored["mask"].bool(), stored["pooled"].float())
+        if all(keep):
+            return stored.for_attention()
+        if self.unconditional is None:
+            raise RuntimeError("training from precomputed shards needs the stored unconditional embedding "
+                               "(JointFlowModule(..., unconditional=datamodule.unconditional()))")  # fmt: skip
+        u = self.unconditional = self.unconditional.to(self.device)
+        rows = torch.tensor(keep, device=self.device)
+        return TextEmbedding(torch.where(rows[:, None, None], stored.states, u.states.float()),
+                             torch.where(rows[:, None], stored.mask, u.mask.bool()),
+                             torch.where(rows[:, None], stored.pooled, u.pooled.float())).for_attention()  # fmt: skip
 
     def stage_losses(self, batch) -> StageLosses:
         """The flow's per-stage losses for one batch; noise and sigma' come from a generator fixed by
@@ -140,11 +181,12 @@ class JointFlowModule(L.LightningModule):
         gen = step_generator(self.cfg.seed, self.global_rank, self.global_step, self.device)
         cpu_gen = step_generator(self.cfg.seed, self.global_rank, self.global_step)
         latents, text = [], []
-        for images, captions, k in zip(batch.images, batch.captions, batch.stages):
+        stored = getattr(batch, "text", None) or [None] * len(batch.images)
+        for images, captions, k, group_text in zip(batch.images, batch.captions, batch.stages, stored):
             if len(captions) == 0:
                 continue
-            latents.append((k, self.stage_latents(images, k, batch.pooled)))
-            text.append(self.text_encoder(self.flow.drop_captions(captions, cpu_gen)).to(self.device).for_attention())
+            latents.append((k, self.stage_latents(images, k, batch.pooled, encoded=group_text is not None)))
+            text.append(self.stage_text(captions, group_text, cpu_gen))
         return self.flow.training_losses(model_fn(self.model), latents, text, gen)
 
     def training_step(self, batch, batch_idx):

@@ -25,7 +25,7 @@ CONFIG_FILE = "config.yaml"
 IDENTITY_SECTIONS = ("resolution", "model", "flow", "bridge", "text_encoder", "autoencoder")
 NOT_IDENTITY = ("bridge.weights", "text_encoder.cache_size", "text_encoder.dtype")
 RUN_OUTPUTS = ("checkpoints", "tb", "tb-bridge", "samples", "weights.safetensors", "bridges.safetensors",
-               "bridge_report.json", CONFIG_FILE)  # fmt: skip
+               "bridge_report.json", "export", CONFIG_FILE)  # fmt: skip
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """What `nami pretrain-bridge` and `nami train` run: build modules, data and a Trainer from the config.
 
 A run lives in runs/<name>/ (trainer.default_root_dir / name): checkpoints/, tb/ (TensorBoard), samples/,
-bridges.safetensors, bridge_report.json, weights.safetensors.
+bridges.safetensors, bridge_report.json, weights.safetensors, and export/NNNN (model directories, lit/export.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..models import image_tokens
 from ..parts import build_parts, fitted_bridge
 from .bridge_pretrain import BridgePretrainModule
 from .callbacks import (
+    EvalCallback,
     ExportWeights,
     KeysRecorder,
     SampleGrid,
@@ -27,6 +28,7 @@ from .callbacks import (
     throughput_monitor,
 )
 from .checkpointing import StepCheckpoints, find_checkpoint
+from .export import export_at_end_of_training
 from .init_from import bridge_dir, load_initial_weights
 from .joint_flow import JointFlowModule
 from .precision import autocast_dtype, resolve_precision
@@ -75,7 +77,8 @@ def pretrain_bridges(cfg: NamiConfig) -> dict:
     data = _datamodule(cfg, joint=False)
     out = claim_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = BridgePretrainModule(cfg, build_parts(cfg, fitted=False, networks=False))
+    module = BridgePretrainModule(cfg, build_parts(cfg, fitted=False, networks=False,
+                                                   encoders=not cfg.data.precomputed))  # fmt: skip
     logger = TensorBoardLogger(str(out), name="", version="tb-bridge", default_hp_metric=False)
     trainer = _trainer(cfg, out, logger, [], max_epochs=1, max_steps=-1, limit_train_batches=module.total_batches,
                        precision="32-true")  # fmt: skip
@@ -109,7 +112,11 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
     ckpt_path = find_checkpoint(cfg.trainer.resume, out / "checkpoints")
     bridge = fitted_bridge(cfg, bridge_dir(cfg, out))  # a missing bridge stops before the model is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = module_cls(cfg, build_parts(cfg, bridge=bridge))
+    if cfg.data.precomputed:  # stored latents and text states: no frozen encoder is built or loaded
+        parts = build_parts(cfg, bridge=bridge, encoders=False)
+        module = module_cls(cfg, parts, unconditional=data.unconditional())
+    else:
+        module = module_cls(cfg, build_parts(cfg, bridge=bridge))
     load_initial_weights(module, cfg)  # trainer.init_from
     logger = TensorBoardLogger(str(out), name="", version="tb", default_hp_metric=False)
     checkpoints = StepCheckpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_checkpoints)
@@ -121,6 +128,9 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
                  ExportWeights(out / "weights.safetensors"), StepProgressBar()]  # fmt: skip
     if cfg.log.record_keys:
         callbacks.append(KeysRecorder(out))
+    if cfg.eval.every_n_steps:  # GenEval-Shapes during training; with keep_best, checkpoints/best.ckpt
+        best_dir = out / "checkpoints" if cfg.eval.keep_best else None
+        callbacks.append(EvalCallback(cfg, cfg.eval.every_n_steps, cfg.eval.train_per_category, best_dir, dtype))
     find_unused = stage_can_be_empty(module, cfg.data.batch_size)
     trainer = _trainer(cfg, out, logger, callbacks, find_unused=find_unused, max_steps=cfg.trainer.max_steps,
                        max_time=cfg.trainer.max_time)  # fmt: skip
@@ -130,4 +140,6 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
         target = out / "bridges.safetensors"
         if not target.exists():  # fitted elsewhere (bridge.weights): keep a copy beside the weights
             save_bridges(bridge, target)
+    if trainer.is_global_zero:  # the self-describing model directory, RUN/export/NNNN (lit/export.py)
+        export_at_end_of_training(out, cfg, bridge)
     return out

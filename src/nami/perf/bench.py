@@ -121,8 +121,10 @@ def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int)
             "renoise_transition_s": times["renoise"]}  # fmt: skip
 
 
-def synthetic_batch(cfg: NamiConfig, joint: bool = True):
-    """A data-module batch of random images and the configured captions, built by the real collate."""
+def synthetic_batch(cfg: NamiConfig, joint: bool = True, encoders: tuple | None = None):
+    """A data-module batch of random images and the configured captions, built by the real collate. With
+    `encoders` (text encoder, autoencoder) it is the batch precomputed shards give for the same samples: full-size
+    latents and stored text embeddings (what `nami data encode` writes)."""
     import random
 
     from data_modules.collate import BatchPlan, make_batch
@@ -135,18 +137,44 @@ def synthetic_batch(cfg: NamiConfig, joint: bool = True):
                prompts[i % len(prompts)], {})
         for i in range(cfg.data.batch_size)
     ]  # fmt: skip
-    return make_batch(samples, BatchPlan.from_config(cfg, joint=joint), 0, random.Random(0), {})
+    plan = BatchPlan.from_config(cfg, joint=joint)
+    if encoders is not None:
+        text_encoder, autoencoder = encoders
+        with torch.no_grad():
+            latents = autoencoder.encode(torch.stack([s.image for s in samples])).cpu()
+            text = text_encoder([s.caption for s in samples])
+        fields = {"states": text.states.cpu(), "mask": text.mask.cpu(), "pooled": text.pooled.cpu()}
+        samples = [replace(s, image=latents[i], text={k: v[i] for k, v in fields.items()})
+                   for i, s in enumerate(samples)]  # fmt: skip
+        plan = replace(plan, pooled=False)  # stored latents are full size; the module pools them
+    return make_batch(samples, plan, 0, random.Random(0), {})
 
 
-def bench_training(cfg: NamiConfig, repeats: int = 3) -> dict:
-    """One optimizer step on a joint multi-resolution batch against one on a full-resolution-only batch."""
-    module = JointFlowModule(cfg, build_parts(cfg, fitted=False))
+def bench_training(cfg: NamiConfig, repeats: int = 3, compare_data: bool = False) -> dict:
+    """One optimizer step on a joint multi-resolution batch against one on a full-resolution-only batch, both on
+    the configured data path (data.precomputed: stored latents and text states; else encoded in the step). With
+    `compare_data` the joint step also runs on the other path, in the same run, for the precomputed/online ratio
+    (not with a text encoder that trains with the model: nothing to precompute). Runs on the GPU when there is
+    one and trainer.accelerator allows it."""
+    parts = build_parts(cfg, fitted=False)  # with the encoders: the online step and the stored inputs need them
+    module = JointFlowModule(cfg, parts)
+    stored = not parts.text_encoder.trainable
+    encoders = (parts.text_encoder, parts.autoencoder)
+    joint = "precomputed" if cfg.data.precomputed else "online"
+    paths = [joint] + ([{"online": "precomputed", "precomputed": "online"}[joint]] if compare_data and stored else [])
+    batches = {path: synthetic_batch(cfg, True, encoders if path == "precomputed" else None) for path in paths}
+    batches["full_resolution"] = synthetic_batch(cfg, False, encoders if cfg.data.precomputed else None)
+    device = torch.device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")
+    module = module.to(device)
+    batches = {name: b.to(device) for name, b in batches.items()}
+    if stored:
+        with torch.no_grad():
+            module.unconditional = module.text_encoder([""])  # what caption dropout swaps in for stored text
     optimizer = torch.optim.AdamW(module.trainable().parameters(), lr=1e-4)
     dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
-    batches = {"joint": synthetic_batch(cfg, joint=True), "full_resolution": synthetic_batch(cfg, joint=False)}
 
     def step(batch):
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = module.stage_losses(batch).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,16 +182,25 @@ def bench_training(cfg: NamiConfig, repeats: int = 3) -> dict:
 
     times = _median_times({name: (lambda b=b: step(b)) for name, b in batches.items()}, repeats)
     predicted = {
-        name: sum(len(keys) * forward_cost(cfg, k).total for keys, k in zip(b.keys, b.stages))
-        for name, b in batches.items()
-    }
+        name: sum(len(keys) * forward_cost(cfg, k).total for keys, k in zip(batches[name].keys, batches[name].stages))
+        for name in (joint, "full_resolution")
+    }  # fmt: skip
+    batch = cfg.data.batch_size
+    both = len(paths) == 2
     return {
-        "batch": cfg.data.batch_size,
-        "stage_counts": [len(keys) for keys in batches["joint"].keys],
-        "joint_step_s": times["joint"],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch": batch,
+        "data": joint,
+        "stage_counts": [len(keys) for keys in batches[joint].keys],
+        "joint_step_s": times[joint],
         "full_resolution_step_s": times["full_resolution"],
-        "measured_ratio": times["joint"] / times["full_resolution"],
-        "predicted_ratio": predicted["joint"] / predicted["full_resolution"],
+        "measured_ratio": times[joint] / times["full_resolution"],
+        "predicted_ratio": predicted[joint] / predicted["full_resolution"],
+        "online_step_s": times.get("online"),
+        "precomputed_step_s": times.get("precomputed"),
+        # < 1: training from precomputed shards is faster by this factor (the encoders' share of a step)
+        "precomputed_ratio": times["precomputed"] / times["online"] if both else None,
+        "samples_per_s": {path: batch / times[path] for path in paths},
     }
 
 
@@ -193,8 +230,14 @@ def _rate_lines(r: dict) -> list[str]:
 
 def format_training(r: dict) -> str:
     """Human-readable bench_training report."""
-    return (
-        f"training step, batch {r['batch']} (stage counts {r['stage_counts']}): joint {r['joint_step_s']:.3f}s, "
-        f"full resolution only {r['full_resolution_step_s']:.3f}s, ratio {r['measured_ratio']:.3f} "
-        f"(predicted {r['predicted_ratio']:.3f})"
-    )
+    lines = [
+        f"training step on {r['device']}, batch {r['batch']} (stage counts {r['stage_counts']}, {r['data']} data): "
+        f"joint {r['joint_step_s']:.3f}s, full resolution only {r['full_resolution_step_s']:.3f}s, "
+        f"ratio {r['measured_ratio']:.3f} (predicted {r['predicted_ratio']:.3f})"
+    ]  # fmt: skip
+    if r["precomputed_ratio"] is not None:
+        rates = r["samples_per_s"]
+        lines.append(f"  online encoding {r['online_step_s']:.3f}s ({rates['online']:.1f} samples/s), precomputed "
+                     f"{r['precomputed_step_s']:.3f}s ({rates['precomputed']:.1f} samples/s): "
+                     f"ratio {r['precomputed_ratio']:.3f}")  # fmt: skip
+    return "\n".join(lines)

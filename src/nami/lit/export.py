@@ -1,0 +1,181 @@
+"""`nami export` and the end of every training run: a run's newest EMA weights -> a model directory.
+
+The weights are the run's newest: weights.safetensors or its newest step checkpoint, whichever holds the later
+step. The bridge is the one in the run's checkpoints (what training actually used; frozen, so every checkpoint
+holds the same), else the fitted one the config points at. Eval scores, when the run evaluated during
+training, are read back from its TensorBoard events (eval/*, at the latest evaluated step up to the
+exported one).
+
+Without --out the directory is a new numbered one, RUN/export/0001, 0002, ... (as samples are numbered), unless
+the newest of them already holds exactly these weights: a resumed run that trained no further step, or a
+second `nami export`, does not copy a model again. With --out the directory must be new or empty.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+
+from ..bridges import BridgeFlow, bridge_from_config
+from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
+from ..parts import fitted_bridge
+from .checkpoint_files import load_torch_file, load_weights_into, read_dcp_tensors, read_weights
+from .checkpointing import CHECKPOINT_NAME, step_checkpoints
+from .images import fresh_directory
+from .model_dir import MODEL_FILE, config_json, is_model_dir, read_config_json, write_model_dir
+from .run_dirs import CONFIG_FILE
+
+EXPORT_DIR = "export"
+
+
+@dataclass
+class Export:
+    path: Path
+    step: int | None
+    written: bool  # False: the newest export already held exactly these weights
+
+
+def _metadata_step(path: Path) -> int | None:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            step = (handle.metadata() or {}).get("step")
+    except (SafetensorError, OSError):
+        return None
+    return int(step) if step is not None and step.isdigit() else None
+
+
+def _step_of(path: Path) -> int | None:
+    if path.suffix == ".safetensors":
+        return _metadata_step(path)
+    match = CHECKPOINT_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def newest_weights_file(source: Path) -> Path:
+    """The weights to export from `source`: the file (or FSDP checkpoint directory) itself, or for a run
+    directory whichever of weights.safetensors and its newest step checkpoint holds the later step."""
+    if not source.exists():
+        raise ConfigError("RUN", f"not found: {source}")
+    if not source.is_dir() or (source / ".metadata").exists():
+        return source
+    candidates = [(s, 1, p) for s, p in step_checkpoints(source / "checkpoints")]
+    if (source / "weights.safetensors").is_file():  # on a tie it wins (rank 2): no checkpoint to open
+        candidates.append((_metadata_step(source / "weights.safetensors") or -1, 2, source / "weights.safetensors"))
+    if not candidates:
+        raise ConfigError("RUN", f"{source} holds neither weights.safetensors nor checkpoints/step*.ckpt "
+                                 "(is it a run directory?)")  # fmt: skip
+    return max(candidates)[2]
+
+
+def run_config(run_dir: Path) -> NamiConfig:
+    """The config a run directory recorded when it was made (config.yaml)."""
+    file = run_dir / CONFIG_FILE
+    if not file.is_file():
+        raise ConfigError("RUN", f"{run_dir} has no {CONFIG_FILE}: export needs the config the run recorded")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(str(file), f"not valid YAML ({str(err).splitlines()[0]})") from None
+    return config_from_dict(data)
+
+
+def _checkpoint_bridge_state(path: Path) -> dict[str, torch.Tensor]:
+    """The "bridge." tensors of a Lightning checkpoint (a file, or an FSDP directory), prefix removed."""
+    if path.is_dir():
+        found = read_dcp_tensors(path, lambda fqn: fqn.startswith("state_dict.bridge."), "RUN")
+        return {k[len("state_dict.bridge.") :]: v for k, v in found.items()}
+    state = load_torch_file(path, "RUN").get("state_dict") or {}
+    return {k[len("bridge.") :]: v for k, v in state.items() if k.startswith("bridge.")}
+
+
+def run_bridge(cfg: NamiConfig, run_dir: Path, weights_file: Path) -> BridgeFlow:
+    """The bridge the run trained with: from its checkpoint (the exported one, else the newest), else the fitted
+    bridge the config points at (bridge.weights, or RUN/bridges.safetensors)."""
+    bridge = bridge_from_config(cfg)
+    if not bridge.learnable:
+        return bridge
+    checkpoints = [p for _, p in step_checkpoints(run_dir / "checkpoints")]
+    source = weights_file if weights_file.suffix != ".safetensors" else (checkpoints[-1] if checkpoints else None)
+    state = _checkpoint_bridge_state(source) if source is not None else {}
+    if not state:
+        return fitted_bridge(cfg, run_dir)
+    load_weights_into(bridge, state, source, "bridge", key="RUN")
+    return bridge
+
+
+def eval_scores(run_dir: Path, step: int | None) -> dict | None:
+    """{"step", "scores"} of the latest eval/* scalars in RUN/tb at or before `step` (None: none logged)."""
+    files = sorted((run_dir / "tb").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[int, dict[str, float]] = {}
+    for path in files:  # later files win: a resumed run rewrites its steps
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 1, "tensors": 1})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            if tag.startswith("eval/"):
+                for event in events.Scalars(tag):
+                    found.setdefault(event.step, {})[tag[len("eval/") :]] = float(event.value)
+    steps = [s for s in found if step is None or s <= step]
+    if not steps:
+        return None
+    latest = max(steps)
+    scores = dict(sorted(found[latest].items(), key=lambda item: (item[0] != "overall", item[0])))
+    return {"step": latest, "scores": scores}
+
+
+def _holds_same_weights(directory: Path, weights: dict[str, torch.Tensor]) -> bool:
+    file = directory / MODEL_FILE
+    with safe_open(str(file), framework="pt") as handle:
+        if set(handle.keys()) != set(weights):
+            return False
+        return all(torch.equal(handle.get_tensor(k), t.detach().float().cpu()) for k, t in weights.items())
+
+
+def newest_export(run_dir: Path) -> Path | None:
+    """RUN/export/NNNN with the highest number that is a model directory."""
+    numbered = [p for p in (Path(run_dir) / EXPORT_DIR).glob("[0-9]*") if p.name.isdigit() and is_model_dir(p)]
+    return max(numbered, key=lambda p: int(p.name)) if numbered else None
+
+
+def export_run(source: str | Path, out: str | Path | None = None, cfg: NamiConfig | None = None,
+               bridge: BridgeFlow | None = None) -> Export:  # fmt: skip
+    """Write the model directory of a run (a run directory, or one of its checkpoints / weights files).
+    `cfg` and `bridge` default to the run's recorded config and the bridge it trained with."""
+    weights_file = newest_weights_file(Path(source))
+    weights, run_dir = read_weights(weights_file, "RUN")
+    cfg = cfg if cfg is not None else run_config(run_dir)
+    step = _step_of(weights_file)
+    if out is None:
+        previous = newest_export(run_dir)
+        if previous is not None and read_config_json(previous).get("_training", {}).get("step") == step \
+                and _holds_same_weights(previous, weights):  # fmt: skip
+            return Export(previous, step, written=False)
+    bridge = bridge if bridge is not None else run_bridge(cfg, run_dir, weights_file)
+    try:
+        source_name = str(weights_file.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        source_name = str(weights_file)
+    training = {"step": step, "source": source_name, "eval": eval_scores(run_dir, step), "config": to_dict(cfg)}
+    target = Path(out) if out is not None else fresh_directory(run_dir / EXPORT_DIR)
+    write_model_dir(target, config_json(cfg, training), weights, bridge, key="--out")
+    return Export(target, step, written=True)
+
+
+def export_at_end_of_training(run_dir: Path, cfg: NamiConfig, bridge: BridgeFlow) -> Export | None:
+    """The runner's export after training (rank 0): RUN/export/NNNN. A failure here is reported, not raised:
+    the run itself (checkpoints, weights.safetensors) is complete and `nami export` can be run again."""
+    try:
+        return export_run(run_dir, cfg=cfg, bridge=bridge)
+    except (ConfigError, OSError) as err:
+        print(f"nami: warning: the run finished but its model directory was not written ({err}); "
+              f"run `nami export {run_dir}`", file=sys.stderr)  # fmt: skip
+        return None
+

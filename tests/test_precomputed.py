@@ -287,5 +287,11 @@ def test_bench_training_times_online_and_precomputed_in_one_run(tiny_models):  #
     assert report["data"] == "online" and report["joint_step_s"] == report["online_step_s"] > 0
     assert report["precomputed_ratio"] == pytest.approx(report["precomputed_step_s"] / report["online_step_s"])
     assert "precomputed" in format_training(report)
+    # the model FLOP rate of the step: 3x the FLOP model's forward (forward + backward) over the measured time
+    from nami.models import forward_cost
+
+    forward = sum(n * forward_cost(cfg, k).total for n, k in zip(report["stage_counts"], range(cfg.num_stages)))
+    assert report["joint_rate"]["tflops"] == pytest.approx(3 * forward / report["joint_step_s"] / 1e12)
+    assert report["joint_rate"]["peak_fraction"] is None and "TFLOP/s" in format_training(report)
     stored = bench_training(precomputed(cfg, "unused"), repeats=1)  # the configured path alone
     assert stored["data"] == "precomputed" and stored["online_step_s"] is None and stored["precomputed_step_s"] > 0

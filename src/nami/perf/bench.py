@@ -187,8 +187,15 @@ def bench_training(cfg: NamiConfig, repeats: int = 3, compare_data: bool = False
     }  # fmt: skip
     batch = cfg.data.batch_size
     both = len(paths) == 2
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # model FLOPs of a step: forward plus backward, 3x the forward (as the module's flops_per_batch counts them)
+    rates = {key: rate(3 * predicted[path], times[path], name) for key, path in (("joint", joint),
+                                                                                ("full_resolution", "full_resolution"))}  # fmt: skip
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": name,
+        "peak_tflops": peak_tflops(name),
+        "joint_rate": rates["joint"],
+        "full_resolution_rate": rates["full_resolution"],
         "batch": batch,
         "data": joint,
         "stage_counts": [len(keys) for keys in batches[joint].keys],
@@ -233,7 +240,8 @@ def format_training(r: dict) -> str:
     lines = [
         f"training step on {r['device']}, batch {r['batch']} (stage counts {r['stage_counts']}, {r['data']} data): "
         f"joint {r['joint_step_s']:.3f}s, full resolution only {r['full_resolution_step_s']:.3f}s, "
-        f"ratio {r['measured_ratio']:.3f} (predicted {r['predicted_ratio']:.3f})"
+        f"ratio {r['measured_ratio']:.3f} (predicted {r['predicted_ratio']:.3f})",
+        f"  model FLOP rate: joint {format_rate(r['joint_rate'])}, full resolution {format_rate(r['full_resolution_rate'])}",
     ]  # fmt: skip
     if r["precomputed_ratio"] is not None:
         rates = r["samples_per_s"]

@@ -11,6 +11,26 @@ EXPERIMENTS = REPO / "experiments"
 LEARNED_TEXT = ["text_encoder.kind=learned", "text_encoder.dim=64", "text_encoder.pooled_dim=64"]
 
 
+def tiny_run_overrides(root, shapes) -> list[str]:
+    """A 3-step tiny run on `shapes`/*.tar under `root`, with a quickly fitted bridge and 2-step stages."""
+    return [*LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
+            f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.max_steps=3",
+            "bridge.fit_batches=3", "bridge.heldout_batches=1", "log.sample_prompts=[a red circle]",
+            "sampler.steps=[2,2,2]", "optim.ema_decay=0.5"]  # fmt: skip
+
+
+def train_tiny_run(root: Path, extra: list[str]):
+    """Synthetic shapes, fitted bridges and 3 trained steps of tiny under `root`: (overrides, config, run dir)."""
+    from data_modules.synth import write_shapes
+    from nami.config import load
+    from nami.lit.runner import pretrain_bridges, train
+
+    write_shapes(root / "shapes", num=60, shards=2, resolution=32)
+    args = [*tiny_run_overrides(root, root / "shapes"), *extra]
+    cfg = load(EXPERIMENTS / "tiny.yaml", args)
+    pretrain_bridges(cfg)
+    return args, cfg, train(cfg)
+
 
 def nami_command(*args: str) -> list[str]:
     """argv for the installed `nami` console script (the one users run)."""

@@ -20,35 +20,20 @@ from nami import NamiPipeline
 from nami.config import ConfigError, load
 from nami.lit.inference import ProgressiveInferenceModule, predict
 from nami.lit.model_dir import model_dir_config
-from nami.lit.runner import pretrain_bridges, train
+from nami.lit.runner import train
 
-from .helpers import EXPERIMENTS, LEARNED_TEXT
+from .helpers import EXPERIMENTS, train_tiny_run
 from .safety_fixtures import cli, one_error_line
 
 PROMPTS = ["a red circle", "two blue squares"]
 FILES = {"config.json", "model.safetensors", "bridges.safetensors", "README.md"}
 
 
-def run_args(root, shapes) -> list[str]:
-    """A 3-step tiny run with a fitted conv1x1 bridge, evaluated (1 prompt per category) at its end."""
-    return [*LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
-            f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.max_steps=3",
-            "bridge.fit_batches=3", "bridge.heldout_batches=1", "log.sample_prompts=[a red circle]",
-            "sampler.steps=[2,2,2]", "optim.ema_decay=0.5", "eval.every_n_steps=3",
-            "eval.train_per_category=1"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """(overrides, config, run directory) of a trained tiny run; its export is RUN/export/0001."""
-    from data_modules.synth import write_shapes
-
-    root = tmp_path_factory.mktemp("export")
-    write_shapes(root / "shapes", num=60, shards=2, resolution=32)
-    args = run_args(root, root / "shapes")
-    cfg = load(EXPERIMENTS / "tiny.yaml", args)
-    pretrain_bridges(cfg)
-    return args, cfg, train(cfg)
+    """(overrides, config, run directory) of a trained tiny run, evaluated (1 prompt per category) at its end;
+    its export is RUN/export/0001."""
+    return train_tiny_run(tmp_path_factory.mktemp("export"), ["eval.every_n_steps=3", "eval.train_per_category=1"])
 
 
 def checkpoint_state(run_dir) -> dict[str, torch.Tensor]:

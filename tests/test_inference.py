@@ -11,31 +11,18 @@ from PIL import Image
 
 from nami.config import ConfigError, load
 from nami.lit.inference import ProgressiveInferenceModule, predict, read_weights
-from nami.lit.runner import pretrain_bridges, train
 
-from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command
+from .helpers import EXPERIMENTS, nami_command, train_tiny_run
 
 PROMPTS = ["a photo of a red circle", "a photo of two squares"]
 
 
-def overrides(root, shapes) -> list[str]:
-    return [*LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
-            f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.max_steps=3",
-            "bridge.fit_batches=3", "bridge.heldout_batches=1", "log.sample_prompts=[a red circle]",
-            "sampler.steps=[2,2,2]", "sampler.uniform_steps=6", "optim.ema_decay=0.5", "eval.batch_size=12"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny run trained for 3 steps: (config overrides, run directory, trained module)."""
-    from data_modules.synth import write_shapes
-
-    root = tmp_path_factory.mktemp("run")
-    write_shapes(root / "shapes", num=60, shards=2, resolution=32)
-    args = overrides(root, root / "shapes")
-    cfg = load(EXPERIMENTS / "tiny.yaml", args)
-    pretrain_bridges(cfg)
-    return args, train(cfg), cfg
+    """A tiny run trained for 3 steps: (config overrides, run directory, config)."""
+    args, cfg, run_dir = train_tiny_run(tmp_path_factory.mktemp("run"), ["sampler.uniform_steps=6",
+                                                                          "eval.batch_size=12"])  # fmt: skip
+    return args, run_dir, cfg
 
 
 def test_weights_sources_agree_and_prefer_ema(run):

@@ -22,11 +22,10 @@ GUIDANCE = 3.0
 STEPS = [3, 2, 2]
 
 
-@pytest.fixture(scope="module")
-def recorded():
-    """A random tiny model (its zero-initialised head made non-zero) sampled with guidance, every call recorded."""
-    torch.manual_seed(0)
-    cfg = load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "bridge.kind=identity"])
+def sample_recorded(overrides: list[str], prompts: list[str], seeds: list[int]):
+    """A random tiny model (its zero-initialised head made non-zero) sampled with guidance, every network call
+    recorded as (stage, input, output): (cfg, parts, trace, calls)."""
+    cfg = load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "bridge.kind=identity", *overrides])
     parts = build_parts(cfg, fitted=False)
     torch.nn.init.normal_(parts.model.final.linear.weight, std=0.05)
     calls = []
@@ -37,12 +36,18 @@ def recorded():
         calls.append((k, z.clone(), out.clone()))
         return out
 
-    text = parts.text_encoder(["a red circle", "two blue squares"] + ["", ""])
-    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    text = parts.text_encoder(prompts + [""] * len(prompts))
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = torch.cat([initial_noise((1, 3, 32, 32), 3, g) for g in generators])
     with torch.no_grad():
         trace = parts.flow.sample(recording, noise, text, STEPS, GUIDANCE, generators, keep_stages=True)
     return cfg, parts, trace, calls
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    torch.manual_seed(0)
+    return sample_recorded([], ["a red circle", "two blue squares"], [0, 1])
 
 
 def by_hand(flow, calls, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,22 +76,7 @@ def test_stage_prediction_is_z_minus_sigma_v_at_the_last_call(recorded, k):
 def test_x_prediction_previews_are_the_guided_network_output():
     """With flow.prediction=data the network outputs x_hat and the velocity is built from it; the preview must
     give x_hat back (a reference that does not use the x0 equation)."""
-    cfg = load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "bridge.kind=identity", "flow.prediction=data"])
-    parts = build_parts(cfg, fitted=False)
-    torch.nn.init.normal_(parts.model.final.linear.weight, std=0.05)
-    calls = []
-    network = model_fn(parts.model)
-
-    def recording(z, t, k, cond):
-        out = network(z, t, k, cond)
-        calls.append((k, z.clone(), out.clone()))
-        return out
-
-    generator = torch.Generator().manual_seed(0)
-    noise = initial_noise((1, 3, 32, 32), 3, generator)
-    with torch.no_grad():
-        trace = parts.flow.sample(recording, noise, parts.text_encoder(["a red circle", ""]), STEPS, GUIDANCE,
-                                  [generator], keep_stages=True)  # fmt: skip
+    _, parts, trace, calls = sample_recorded(["flow.prediction=data"], ["a red circle"], [0])
     for k in range(3):
         _, guided = by_hand(parts.flow, calls, k)
         assert torch.allclose(trace.stage_predictions[k], guided, atol=1e-4), k

@@ -100,12 +100,16 @@ class PyramidFlow:
         """Stage k's level of the data pyramid of full-resolution latents x."""
         return data_pyramid(x, self.num_stages)[k]
 
-    def drop_captions(self, captions: Sequence[str], generator: torch.Generator) -> list[str]:
-        """Replace each caption by the empty prompt with probability `caption_dropout` (for CFG)."""
+    def kept_captions(self, n: int, generator: torch.Generator) -> list[bool]:
+        """Which of n captions survive caption dropout: each is dropped with probability `caption_dropout`
+        (for CFG). Draws nothing when dropout is off."""
         if self.caption_dropout <= 0:
-            return list(captions)
-        keep = torch.rand(len(captions), generator=generator) >= self.caption_dropout
-        return [c if k else "" for c, k in zip(captions, keep.tolist())]
+            return [True] * n
+        return (torch.rand(n, generator=generator) >= self.caption_dropout).tolist()
+
+    def drop_captions(self, captions: Sequence[str], generator: torch.Generator) -> list[str]:
+        """The captions with the dropped ones (`kept_captions`) replaced by the empty prompt."""
+        return [c if k else "" for c, k in zip(captions, self.kept_captions(len(captions), generator))]
 
     def training_losses(
         self, model_fn: ModelFn, latents: Sequence[tuple[int, torch.Tensor]], cond: Sequence[Any],

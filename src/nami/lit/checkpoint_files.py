@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -157,18 +158,49 @@ def safe_dcp_loading():
         filesystem.FileSystemReader.read_metadata, default_planner.DefaultLoadPlanner.load_bytes = saved
 
 
+CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
+
+
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete step checkpoints in `folder`, oldest first."""
+    found = [(int(m.group(1)), p) for p in Path(folder).glob("step*.ckpt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return sorted(found)
+
+
+def weights_step(path: Path) -> int | None:
+    """The training step a weights file or step checkpoint holds (safetensors metadata or the file's name)."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                step = (handle.metadata() or {}).get("step")
+        except (SafetensorError, OSError):
+            return None
+        return int(step) if step is not None and step.isdigit() else None
+    match = CHECKPOINT_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def run_weights_file(run_dir: Path, key: str = "--ckpt") -> Path:
+    """The weights a run directory stands for: whichever of weights.safetensors and its newest step checkpoint
+    holds the later step (weights.safetensors on a tie: no checkpoint to open), so a resumed run's newer
+    checkpoints are not shadowed by an older weights file."""
+    candidates = [(s, 1, p) for s, p in step_checkpoints(run_dir / "checkpoints")]
+    weights = run_dir / "weights.safetensors"
+    if weights.is_file():
+        candidates.append((weights_step(weights) or -1, 2, weights))
+    if not candidates:
+        raise ConfigError(key, f"{run_dir} holds neither weights.safetensors, model.safetensors nor "
+                               "checkpoints/step*.ckpt")  # fmt: skip
+    return max(candidates)[2]
+
+
 def read_weights(path: Path, key: str = "--ckpt") -> tuple[dict[str, torch.Tensor], Path]:
     """(flat state dict, run directory) from a run directory, a model directory, weights.safetensors, a .ckpt
     file or a distributed (FSDP) .ckpt directory. Lightning checkpoints give their EMA weights."""
-    if path.is_dir() and not (path / ".metadata").exists():  # a run directory, or a model one (`nami export`)
-        for name in ("weights.safetensors", "model.safetensors"):
-            if (path / name).is_file():
-                return read_weights(path / name, key)
-        steps = sorted((path / "checkpoints").glob("step*.ckpt"))
-        if not steps:
-            raise ConfigError(key, f"{path} holds neither weights.safetensors, model.safetensors nor "
-                                   "checkpoints/step*.ckpt")  # fmt: skip
-        return read_weights(steps[-1], key)
+    if path.is_dir() and not (path / ".metadata").exists():  # a model directory (`nami export`) or a run one
+        if (path / "model.safetensors").is_file():
+            return read_weights(path / "model.safetensors", key)
+        return read_weights(run_weights_file(path, key), key)
     if not path.exists():
         raise ConfigError(key, f"not found: {path}")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent

@@ -8,23 +8,13 @@ damaged `.ckpt`, see strategies.py).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import lightning as L
 
 from ..config import ConfigError
-from .checkpoint_files import check_resumable
+from .checkpoint_files import check_resumable, step_checkpoints
 from .strategies import PARTIAL
-
-CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
-
-
-def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete step checkpoints in `folder`, oldest first."""
-    found = [(int(m.group(1)), p) for p in Path(folder).glob("step*.ckpt") if (m := CHECKPOINT_NAME.match(p.name))]
-    return sorted(found)
-
 
 def find_checkpoint(resume: str | None, folder: Path) -> str | None:
     """trainer.resume: None (start fresh), 'last' (the newest step checkpoint; there must be one), 'auto'

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from ..bridges import BridgeFlow, bridge_from_config
 from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
 from ..parts import fitted_bridge
-from .checkpoint_files import load_torch_file, load_weights_into, read_dcp_tensors, read_weights
-from .checkpointing import CHECKPOINT_NAME, step_checkpoints
+from .checkpoint_files import (load_torch_file, load_weights_into, read_dcp_tensors, read_weights,
+                               run_weights_file, step_checkpoints, weights_step)
 from .images import fresh_directory
 from .model_dir import MODEL_FILE, config_json, is_model_dir, read_config_json, write_model_dir
 from .run_dirs import CONFIG_FILE
@@ -40,36 +40,14 @@ class Export:
     written: bool  # False: the newest export already held exactly these weights
 
 
-def _metadata_step(path: Path) -> int | None:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            step = (handle.metadata() or {}).get("step")
-    except (SafetensorError, OSError):
-        return None
-    return int(step) if step is not None and step.isdigit() else None
-
-
-def _step_of(path: Path) -> int | None:
-    if path.suffix == ".safetensors":
-        return _metadata_step(path)
-    match = CHECKPOINT_NAME.match(path.name)
-    return int(match.group(1)) if match else None
-
-
 def newest_weights_file(source: Path) -> Path:
-    """The weights to export from `source`: the file (or FSDP checkpoint directory) itself, or for a run
-    directory whichever of weights.safetensors and its newest step checkpoint holds the later step."""
+    """The weights to export from `source`: the file (or FSDP checkpoint directory) itself, or what a run
+    directory stands for (`run_weights_file`)."""
     if not source.exists():
         raise ConfigError("RUN", f"not found: {source}")
     if not source.is_dir() or (source / ".metadata").exists():
         return source
-    candidates = [(s, 1, p) for s, p in step_checkpoints(source / "checkpoints")]
-    if (source / "weights.safetensors").is_file():  # on a tie it wins (rank 2): no checkpoint to open
-        candidates.append((_metadata_step(source / "weights.safetensors") or -1, 2, source / "weights.safetensors"))
-    if not candidates:
-        raise ConfigError("RUN", f"{source} holds neither weights.safetensors nor checkpoints/step*.ckpt "
-                                 "(is it a run directory?)")  # fmt: skip
-    return max(candidates)[2]
+    return run_weights_file(source, "RUN")
 
 
 def run_config(run_dir: Path) -> NamiConfig:
@@ -152,7 +130,7 @@ def export_run(source: str | Path, out: str | Path | None = None, cfg: NamiConfi
     weights_file = newest_weights_file(Path(source))
     weights, run_dir = read_weights(weights_file, "RUN")
     cfg = cfg if cfg is not None else run_config(run_dir)
-    step = _step_of(weights_file)
+    step = weights_step(weights_file)
     if out is None:
         previous = newest_export(run_dir)
         if previous is not None and read_config_json(previous).get("_training", {}).get("step") == step \

@@ -159,10 +159,10 @@ class JointFlowModule(L.LightningModule):
     def stage_text(self, captions: list[str], stored: dict | None, generator: torch.Generator) -> TextEmbedding:
         """The conditioning of one group after caption dropout (drawn from `generator` either way): encoded
         now, or the `stored` embeddings with the unconditional one where a caption was dropped."""
-        kept = self.flow.drop_captions(captions, generator)
         if stored is None:
+            kept = self.flow.drop_captions(captions, generator)
             return self.text_encoder(kept).to(self.device).for_attention()
-        keep = [a == b for a, b in zip(kept, captions)]  # dropped captions became ""
+        keep = self.flow.kept_captions(len(captions), generator)
         stored = TextEmbedding(stored["states"].float(), stored["mask"].bool(), stored["pooled"].float())
         if all(keep):
             return stored.for_attention()
@@ -181,7 +181,7 @@ class JointFlowModule(L.LightningModule):
         gen = step_generator(self.cfg.seed, self.global_rank, self.global_step, self.device)
         cpu_gen = step_generator(self.cfg.seed, self.global_rank, self.global_step)
         latents, text = [], []
-        stored = getattr(batch, "text", None) or [None] * len(batch.images)
+        stored = batch.text or [None] * len(batch.images)
         for images, captions, k, group_text in zip(batch.images, batch.captions, batch.stages, stored):
             if len(captions) == 0:
                 continue

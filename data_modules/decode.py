@@ -177,7 +177,8 @@ def decode_image(
         raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
 
 
-def _text(raw: Any, repaired: Counter) -> str | None:
+def caption_text(raw: Any, repaired: Counter) -> str | None:
+    """A caption field as stripped text (bytes decoded as UTF-8, repairs counted), or None when empty."""
     if isinstance(raw, (bytes, bytearray)):
         try:
             raw = bytes(raw).decode("utf-8")
@@ -198,7 +199,7 @@ def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tupl
         if isinstance(image, dict):  # the Hugging Face Image feature stores {"bytes", "path"}
             image = image.get("bytes")
         metadata = {k: v for k, v in f.items() if k != opts.image_column}
-        caption = _text(f.get(opts.caption_column), repaired)
+        caption = caption_text(f.get(opts.caption_column), repaired)
         if caption is None:
             raise Skip("no_caption")
         return image, caption, metadata
@@ -209,9 +210,9 @@ def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tupl
             metadata = json.loads(f["json"])
         except ValueError:  # also UnicodeDecodeError
             repaired["bad_json"] += 1
-    caption = _text(f.get("txt"), repaired)
+    caption = caption_text(f.get("txt"), repaired)
     if caption is None and isinstance(metadata, dict):
-        caption = _text(metadata.get(opts.caption_column), repaired)
+        caption = caption_text(metadata.get(opts.caption_column), repaired)
     if caption is None:
         raise Skip("no_caption")
     return image, caption, metadata

@@ -32,7 +32,7 @@ from safetensors.torch import save as save_tensors
 
 from nami.config import ConfigError, NamiConfig
 
-from .decode import Sample, Skip, _text
+from .decode import Sample, Skip, caption_text
 from .records import Record
 from .sources import Shard
 
@@ -91,7 +91,7 @@ def decode_encoded(record: Record, repaired: Counter, epoch: int = 0) -> Sample:
         text = {k: tensors[f"text_{k}"] for k in TEXT_FIELDS}
     except Exception as err:  # noqa: BLE001 - a corrupt payload fails in many ways; all mean "skip"
         raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
-    caption = _text(record.fields.get("txt"), repaired)
+    caption = caption_text(record.fields.get("txt"), repaired)
     if caption is None:
         raise Skip("no_caption")
     metadata: Any = {}

@@ -19,7 +19,6 @@ from nami.parts import Parts, build_encoders, build_parts
 
 from .data_fixtures import BAD_SET_OPTIONS, BAD_SET_REPAIRS, BAD_SET_SKIPS, bad_set, simple_shards
 from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command
-from .test_lit_wiring import tiny_models  # noqa: F401 - a tiny T5, CLIP and AutoencoderKL written once per module
 
 pytestmark = pytest.mark.xdist_group("precomputed")  # one worker builds the module's models and shards once
 
@@ -78,7 +77,7 @@ def shapes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoded(tmp_path_factory, tiny_models, shapes):  # noqa: F811
+def encoded(tmp_path_factory, tiny_models, shapes):
     cfg = frozen_cfg(tiny_models, f"{shapes}/*.tar")
     out = tmp_path_factory.mktemp("encoded")
     encode(cfg, out)
@@ -86,7 +85,7 @@ def encoded(tmp_path_factory, tiny_models, shapes):  # noqa: F811
 
 
 @pytest.mark.parametrize("vae", [False, True], ids=["pixel", "vae"])
-def test_a_step_from_precomputed_shards_has_the_loss_of_online_encoding(tmp_path, tiny_models, shapes,  # noqa: F811
+def test_a_step_from_precomputed_shards_has_the_loss_of_online_encoding(tmp_path, tiny_models, shapes,
                                                                          vae):  # fmt: skip
     from nami.lit import JointFlowModule
     from nami.lit.seeds import step_generator
@@ -146,7 +145,7 @@ def test_training_from_precomputed_shards_builds_no_encoder(encoded, monkeypatch
     assert text_encoder.dim == 32 and module.pipeline().text_encoder is text_encoder
 
 
-def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tiny_models, shapes):  # noqa: F811
+def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tiny_models, shapes):
     from data_modules import ShardDataModule
     from nami.lit.bridge_pretrain import BridgePretrainModule
 
@@ -162,7 +161,7 @@ def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tin
         assert k == k2 and torch.allclose(u, u2, atol=1e-5) and torch.allclose(y, y2, atol=1e-5)
 
 
-def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, tiny_models):  # noqa: F811
+def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, tiny_models):
     from data_modules.check import check_data
 
     paths, expected = bad_set(tmp_path)
@@ -202,7 +201,7 @@ class FlakyText:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_killed_encode_resumes_after_its_last_finished_shard(tmp_path, tiny_models, workers):  # noqa: F811
+def test_a_killed_encode_resumes_after_its_last_finished_shard(tmp_path, tiny_models, workers):
     from data_modules.encode import encode_shards
 
     keys = simple_shards(tmp_path, [7, 5, 6])
@@ -279,7 +278,7 @@ def test_a_trainable_text_encoder_cannot_train_from_precomputed_shards():
     assert err.value.key == "text_encoder.kind"
 
 
-def test_bench_training_times_online_and_precomputed_in_one_run(tiny_models):  # noqa: F811
+def test_bench_training_times_online_and_precomputed_in_one_run(tiny_models):
     from nami.perf.bench import bench_training, format_training
 
     cfg = frozen_cfg(tiny_models, "unused/*.tar", "data.batch_size=3", "model.width=48", "model.heads=2")

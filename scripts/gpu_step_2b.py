@@ -86,10 +86,10 @@ def main() -> int:
 
     from nami.config import ConfigError, load
     from nami.lit.joint_flow import JointFlowModule
-    from nami.lit.precision import resolve_precision
-    from nami.lit.strategies import build_strategy
+    from nami.lit.runner import trainer_for
     from nami.parts import build_parts
     from nami.perf.throughput import rate
+    from nami.sampling.precision import resolve_precision
 
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     fixed = ["data.precomputed=true", "trainer.strategy=fsdp", "trainer.devices=1", "trainer.num_nodes=1",
@@ -112,10 +112,7 @@ def main() -> int:
     params = sum(p.numel() for p in module.model.parameters())
     timer = step_timer()
     precision = resolve_precision(cfg.trainer.precision, accelerator)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=build_strategy(cfg), precision=precision,
-                        max_steps=args.steps, callbacks=[timer], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, use_distributed_sampler=False)  # fmt: skip
+    trainer = trainer_for(cfg, None, logger=False, callbacks=[timer], max_steps=args.steps, enable_progress_bar=False)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loader = DataLoader([batch] * args.steps, batch_size=None, collate_fn=lambda b: b)  # ready batches

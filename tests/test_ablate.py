@@ -141,21 +141,21 @@ def test_table_shows_the_csv_means_and_the_paired_verdict(tmp_path):
 # ---- evaluation statistics -------------------------------------------------------------------------------
 def test_eval_report_has_standard_errors_and_a_paired_prompt_set(tiny_cfg):
     from nami.eval import LARGE_PER_CATEGORY, prompt_set, prompts_per_category
-    from nami.lit.evaluation import evaluate_module
-    from nami.lit.inference import ProgressiveInferenceModule
+    from nami.eval.report import evaluate_pipeline
     from nami.parts import build_parts
+    from nami.sampling import Pipeline
 
-    module = ProgressiveInferenceModule(tiny_cfg, build_parts(tiny_cfg, fitted=False))
-    module.cfg.sampler.steps = [1, 1, 1]
-    report = evaluate_module(module, per_category=2, progress=False)
+    tiny_cfg.sampler.steps = [1, 1, 1]
+    pipeline = Pipeline.from_config(build_parts(tiny_cfg, fitted=False), tiny_cfg)
+    report = evaluate_pipeline(pipeline, tiny_cfg, per_category=2, progress=False)
     for category in CATEGORIES:
         p, n = report[category], report["counts"][category]["total"]
         assert n == 2 and report["stderr"][category] == pytest.approx(math.sqrt(p * (1 - p) / n))
     overall_se = math.sqrt(sum(report["stderr"][c] ** 2 for c in CATEGORIES)) / 6
     assert report["stderr"]["overall"] == pytest.approx(overall_se)
     assert report["prompt_set"] == {**report["prompt_set"], "name": "standard", "per_category": 2, "seed": 1000}
-    module.cfg.eval.seed = 1001
-    other = evaluate_module(module, per_category=2, progress=False)["prompt_set"]
+    tiny_cfg.eval.seed = 1001
+    other = evaluate_pipeline(pipeline, tiny_cfg, per_category=2, progress=False)["prompt_set"]
     assert other["digest"] != report["prompt_set"]["digest"]
     assert prompt_set(50) == prompt_set(LARGE_PER_CATEGORY)[:300]  # the standard set starts the large one
     assert prompts_per_category("large", None, 50) == LARGE_PER_CATEGORY

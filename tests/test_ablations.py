@@ -7,7 +7,7 @@ import torch
 
 from nami.bridges import bridge_from_config
 from nami.config import load
-from nami.lit.inference import ProgressiveInferenceModule
+from nami.sampling import Pipeline
 from nami.lit.runner import pretrain_bridges, train
 
 from .helpers import EXPERIMENTS, LEARNED_TEXT
@@ -66,8 +66,8 @@ def test_ablation_trains_a_step_and_samples(path, tmp_path, shapes):
     if bridge_from_config(cfg).learnable:
         pretrain_bridges(cfg)
     run = train(cfg)
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, run)
+    pipeline = Pipeline.from_weights(cfg, run)
     steps = [1] * cfg.num_stages
-    result = module.pipeline().sample(["a red circle"], steps, cfg.sampler.guidance, keep_stages=True)
+    result = pipeline.sample(["a red circle"], steps, cfg.sampler.guidance, keep_stages=True)
     assert result.images.shape == (1, 3, cfg.resolution, cfg.resolution)
-    assert torch.isfinite(result.images).all() and len(result.stage_ends) == cfg.num_stages
+    assert torch.isfinite(result.images).all() and len(result.stages.stage_ends) == cfg.num_stages

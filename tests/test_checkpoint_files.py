@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nami.config import ConfigError, load
-from nami.lit.checkpoint_files import read_dcp_tensors, read_weights, safe_dcp_loading
+from nami.artifacts.files import read_dcp_tensors, safe_dcp_loading
+from nami.artifacts.weights import read_weights
 from nami.lit.runner import train
 
 from .helpers import nami_command
@@ -75,7 +76,7 @@ def test_fsdp_directories_read_as_torch_reads_them(tmp_path):
     ours = read_dcp_tensors(tmp_path / "step00000003.ckpt", lambda fqn: fqn.startswith("state_dict."))
     assert {k[len("state_dict.") :] for k in ours} == set(reference)
     assert all(torch.equal(ours[f"state_dict.{k}"], v) for k, v in reference.items())
-    weights, run_dir = read_weights(tmp_path / "step00000003.ckpt")
+    weights = read_weights(tmp_path / "step00000003.ckpt").tensors
     assert set(weights) == {"model.a", "model.b"} and torch.equal(weights["model.a"], state["ema.model.a"])
 
 
@@ -102,12 +103,17 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, train
     assert code == 2 and "trainer.resume" in one_error_line(err) and "junk.bin" in one_error_line(err)
 
 
-def test_a_checkpoint_of_another_width_is_one_line_naming_the_tensor(trained, capsys):
+def test_a_checkpoint_of_another_width_is_one_line_naming_the_tensor(trained, tmp_path, capsys):
     root, args, run_dir = trained
-    code, _, err = cli(capsys, "sample", TINY, *args, "model.width=96", "--ckpt", run_dir,
-                       "--prompt", "x")  # fmt: skip
+    loose = tmp_path / "loose.ckpt"  # outside its run directory: no recorded config to compare with
+    loose.write_bytes((run_dir / "checkpoints" / "step00000002.ckpt").read_bytes())
+    code, _, err = cli(capsys, "sample", TINY, *args, "model.width=96", "--ckpt", loose, "--prompt", "x")
     line = one_error_line(err)
     assert code == 2 and "--ckpt" in line and "model." in line and "192" in line and "96" in line, line
+    # in its run directory, the recorded config refuses it before any tensor is read
+    code, _, err = cli(capsys, "sample", TINY, *args, "model.width=96", "--ckpt", run_dir, "--prompt", "x")
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("nami: error: model.width:") and "192" in line and "96" in line, line
 
 
 def test_read_weights_names_what_is_missing(tmp_path):

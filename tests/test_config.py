@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,19 @@ def test_console_script_exit_code(tmp_path):
     assert bad.stderr.count("\n") == 1 and "model.stage_depths" in bad.stderr
     good = subprocess.run([nami, "info", TINY, *LEARNED_TEXT], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
+
+
+def test_nami_config_prints_the_resolved_config_and_help_points_at_it(capsys):
+    import yaml
+
+    from nami.config import to_dict
+
+    assert main(["config", str(TINY), "model.width=96", "trainer.max_steps=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == to_dict(load(TINY, ["model.width=96", "trainer.max_steps=7"]))  # every key, resolved
+    assert printed["model"]["width"] == 96 and "eval" in printed and "stage_depths" in printed["model"]
+    assert main(["config", str(TINY), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainer"]["max_steps"] == load(TINY).trainer.max_steps
+    assert main(["config", str(TINY), "model.wdth=3"]) == 2 and "model.wdth" in capsys.readouterr().err
+    help_text = subprocess.run([Path(sys.executable).parent / "nami", "--help"], capture_output=True, text=True).stdout
+    assert "nami config CONFIG" in help_text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 import subprocess
 import sys
 
@@ -25,8 +24,9 @@ from nami.eval import evaluate, prompt_set, to_rgb_uint8
 from nami.eval.shapes import CATEGORIES, render
 from nami.lit import JointFlowModule
 from nami.lit.callbacks import EvalCallback, rank_share
-from nami.lit.images import CAPTION_WIDTH, TITLE_HEIGHT
-from nami.lit.pipeline import SampleResult
+from nami.sampling.images import CAPTION_WIDTH, TITLE_HEIGHT
+from nami.flow import SampleTrace
+from nami.sampling.pipeline import SampleResult
 
 from .helpers import EXPERIMENTS, LEARNED_TEXT, REPO, tensorboard_scalars
 
@@ -57,9 +57,9 @@ class _Rendered:
     def __init__(self, real, module: JointFlowModule):
         self.real, self.module = real, module
 
-    def sample(self, prompts, steps, guidance, seed=0, mode="progressive", keep_stages=False, dtype=None):
+    def sample(self, prompts, steps=None, guidance=None, seed=0, mode=None, keep_stages=False, batch_size=None):
         if keep_stages:  # the sample grid
-            return self.real.sample(prompts, steps, guidance, seed=seed, mode=mode, keep_stages=True, dtype=dtype)
+            return self.real.sample(prompts, steps, guidance, seed=seed, mode=mode, keep_stages=True)
         cfg = self.module.cfg
         specs = prompt_set(cfg.eval.train_per_category, cfg.eval.seed, cfg.resolution)
         images = []
@@ -67,7 +67,8 @@ class _Rendered:
             j = s - cfg.eval.seed  # prompt j samples with noise seed eval.seed + j, as `nami eval` does
             assert prompt == specs[j]["caption"], (prompt, j)
             images.append(eval_image(specs[j], drawn_right(j, self.module.global_step)))
-        return SampleResult(torch.stack(images))
+        stacked = torch.stack(images)
+        return SampleResult(stacked, SampleTrace(stacked))
 
 
 class ScoredByStep(JointFlowModule):
@@ -132,7 +133,7 @@ def test_keep_best_keeps_the_checkpoint_of_the_best_step(scored_run):
         assert torch.equal(tensor, same_step["state_dict"][name]), name
     assert any(not torch.equal(t, last["state_dict"][n]) for n, t in best["state_dict"].items())
     # the step checkpoints' retention and resume never take best.ckpt for a step checkpoint
-    from nami.lit.checkpointing import step_checkpoints
+    from nami.artifacts.weights import step_checkpoints
 
     assert [s for s, _ in step_checkpoints(folder)] == [2, 4, 6]
 
@@ -143,7 +144,7 @@ def test_a_resumed_run_keeps_a_better_best(scored_run, shapes):
     cfg, run = scored_run
     folder = run / "checkpoints"
     before = (folder / "best.ckpt").read_bytes(), (folder / "best.json").read_text()
-    resumed = load(EXPERIMENTS / "tiny.yaml", overrides(run.parent, shapes, "trainer.max_steps=8",
+    resumed = load(EXPERIMENTS / "tiny.yaml", overrides(run.path.parent, shapes, "trainer.max_steps=8",
                    "eval.keep_best=true", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=5",
                    "log.sample_every=2", "trainer.resume=last"))  # fmt: skip
     train(resumed, ScoredByStep)
@@ -187,22 +188,20 @@ def test_demo_reads_and_plots_the_eval_curve(scored_run, tmp_path):
 
 def test_training_evaluation_samples_the_images_nami_eval_samples(tmp_path):
     """Same prompts, noise seeds and sampler as `nami eval --num N` on the same (EMA) weights."""
-    from nami.lit.inference import ProgressiveInferenceModule, predict
-    from nami.lit.precision import autocast_dtype
     from nami.parts import build_parts
+    from nami.sampling import Pipeline
 
     cfg = load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "bridge.kind=identity", "sampler.steps=[2,1,1]",
                                            "eval.batch_size=4", "eval.train_per_category=1"])  # fmt: skip
     parts = build_parts(cfg, fitted=False)
     torch.nn.init.normal_(parts.model.final.linear.weight, std=0.05)  # a head that draws something
     module = JointFlowModule(cfg, parts)
-    dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)  # as `nami train` passes it
-    images = EvalCallback(cfg, every=1, per_category=1, dtype=dtype)._sample(_SingleProcess(), module)
+    images = EvalCallback(cfg, every=1, per_category=1)._sample(_SingleProcess(), module)
     assert images.dtype == torch.uint8 and images.shape == (6, 3, 32, 32)
     ema = module.ema
-    inference = ProgressiveInferenceModule(cfg, replace(parts, model=ema["model"], text_encoder=ema["text_encoder"]))
+    inference = Pipeline.from_config(parts, cfg, model=ema["model"], text_encoder=ema["text_encoder"])
     captions = [s["caption"] for s in prompt_set(1, cfg.eval.seed, cfg.resolution)]
-    reference = predict(inference, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=False).images
+    reference = inference.sample(captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size).images
     assert torch.equal(images, torch.stack([torch.from_numpy(to_rgb_uint8(im)).permute(2, 0, 1) for im in reference]))
     assert images.float().std() > 10  # not a blank set
 

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from nami import NamiPipeline
 from nami.config import ConfigError, load
-from nami.lit.inference import ProgressiveInferenceModule, predict
-from nami.lit.model_dir import model_dir_config
+from nami.lit.inference import ProgressiveInferenceModule
+from nami.sampling import Pipeline
+from nami.artifacts.model_dir import model_dir_config
 from nami.lit.runner import train
 
 from .helpers import EXPERIMENTS, train_tiny_run
@@ -63,8 +64,8 @@ def test_training_ends_with_a_model_directory_of_its_ema_weights(run):
 
 def test_exported_samples_equal_those_of_the_training_checkpoint(run):
     _, cfg, run_dir = run
-    reference = ProgressiveInferenceModule.from_checkpoint(cfg, run_dir / "checkpoints" / "step00000003.ckpt")
-    expected = predict(reference, PROMPTS, seed=11, progress=False).images
+    reference = Pipeline.from_weights(cfg, run_dir / "checkpoints" / "step00000003.ckpt")
+    expected = reference.sample(PROMPTS, seed=11).images
     pipe = NamiPipeline.from_pretrained(run_dir / "export" / "0001")
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # a local directory needs no network
     assert torch.equal(pipe.sample(PROMPTS, seed=11).images, expected)
@@ -80,7 +81,7 @@ def test_save_pretrained_then_from_pretrained_is_the_same_pipeline(run, tmp_path
     assert {p.name for p in (tmp_path / "copy").iterdir()} == FILES
     again = NamiPipeline.from_pretrained(tmp_path / "copy")
     assert again.config == pipe.config and again.training == pipe.training  # step, eval, training config kept
-    own, back = pipe.module.state_dict(), again.module.state_dict()
+    own, back = pipe.weights(), again.weights()
     assert own.keys() == back.keys() and all(torch.equal(own[k], back[k]) for k in own)
     assert torch.equal(again.sample(PROMPTS, steps=1, seed=3).images, pipe.sample(PROMPTS, steps=1, seed=3).images)
     before = {p.name: p.read_bytes() for p in (tmp_path / "copy").iterdir()}
@@ -141,8 +142,14 @@ def test_a_yaml_next_to_a_model_directory_may_change_sampling_only(run, tmp_path
         code, _, err = cli(capsys, "sample", "--ckpt", export, "--prompt", "x", wrong)
         line = one_error_line(err)
         assert code == 2 and line.startswith(f"nami: error: {key}:") and "config.json fixes the model" in line, line
-    code, _, err = cli(capsys, "sample", "--ckpt", run_dir, "--prompt", "x")  # a run directory needs its YAML
-    assert code == 2 and "config:" in one_error_line(err)
+    code, out, _ = cli(capsys, "sample", "--ckpt", run_dir, "--prompt", "x")  # a run directory records its config
+    assert code == 0 and out.strip().endswith("grid.png")
+    code, _, err = cli(capsys, "sample", "--ckpt", run_dir, "--prompt", "x", "model.width=96")
+    assert code == 2 and "config.yaml fixes the model" in one_error_line(err)
+    (tmp_path / "loose").mkdir()
+    shutil.copy(run_dir / "weights.safetensors", tmp_path / "loose" / "weights.safetensors")
+    code, _, err = cli(capsys, "sample", "--ckpt", tmp_path / "loose" / "weights.safetensors", "--prompt", "x")
+    assert code == 2 and one_error_line(err).startswith("nami: error: config:")  # no recorded config: the YAML
     code, out, _ = cli(capsys, "eval", "--ckpt", export, "--num", "1", "--json", "sampler.steps=[1,1,1]")
     report = json.loads(out)
     assert code == 0 and report["images"] == 6 and report["steps"] == [1, 1, 1]
@@ -162,7 +169,7 @@ def test_from_pretrained_names_what_is_wrong(tmp_path, run):
 
 def test_an_export_initialises_training(run):
     args, _, run_dir = run
-    from nami.lit.init_from import load_initial_weights
+    from nami.artifacts.weights import load_initial_weights
     from nami.lit.joint_flow import JointFlowModule
 
     cfg = load(EXPERIMENTS / "tiny.yaml", [*args, f"trainer.init_from={run_dir / 'export' / '0001'}"])

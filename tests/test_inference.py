@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from nami.config import ConfigError, load
-from nami.lit.inference import ProgressiveInferenceModule, predict, read_weights
+from nami.artifacts.weights import read_weights
+from nami.sampling import Pipeline
 
 from .helpers import EXPERIMENTS, nami_command, train_tiny_run
 
@@ -27,10 +28,9 @@ def run(tmp_path_factory):
 
 def test_weights_sources_agree_and_prefer_ema(run):
     _, run_dir, _ = run
-    from_file, where = read_weights(run_dir / "weights.safetensors")
-    from_ckpt, where_ckpt = read_weights(run_dir / "checkpoints" / "step00000003.ckpt")
-    from_dir, _ = read_weights(run_dir)
-    assert where == where_ckpt == run_dir
+    file, ckpt = read_weights(run_dir / "weights.safetensors"), read_weights(run_dir / "checkpoints" / "step00000003.ckpt")
+    from_file, from_ckpt, from_dir = file.tensors, ckpt.tensors, read_weights(run_dir).tensors
+    assert file.directory == ckpt.directory == run_dir.path
     assert from_file.keys() == from_ckpt.keys() == from_dir.keys()
     assert all(torch.equal(from_file[k], from_ckpt[k].float()) for k in from_file)  # the EMA weights, not raw
     raw = torch.load(run_dir / "checkpoints" / "step00000003.ckpt", weights_only=True)["state_dict"]
@@ -41,21 +41,36 @@ def test_weights_sources_agree_and_prefer_ema(run):
 
 def test_sampling_is_seeded_per_prompt(run):
     _, run_dir, cfg = run
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, run_dir, keep_stages=True)
-    both = predict(module, PROMPTS, seed=7)
-    alone = predict(module, PROMPTS[1:], seed=8)  # prompt 1 had seed 7 + 1
+    pipeline = Pipeline.from_weights(cfg, run_dir)
+    both = pipeline.sample(PROMPTS, seed=7, keep_stages=True)
+    alone = pipeline.sample(PROMPTS[1:], seed=8)  # prompt 1 had seed 7 + 1
     assert torch.allclose(both.images[1], alone.images[0], atol=1e-5)
-    assert [s.shape[-1] for s in both.stage_ends] == [32, 32, 32]  # upsampled for viewing
-    assert not torch.allclose(both.images[0], predict(module, PROMPTS[:1], seed=9).images[0])
+    assert [s.shape[-1] for s in both.stages.stage_ends] == [32, 32, 32]  # upsampled for viewing
+    assert not torch.allclose(both.images[0], pipeline.sample(PROMPTS[:1], seed=9).images[0])
+    batched = pipeline.sample(PROMPTS, seed=7, batch_size=1)  # an image depends on its seed, not on its batch
+    assert torch.allclose(batched.images, both.images, atol=1e-5)
+
+
+def test_initial_latents_replace_the_seeds_noise(run):
+    _, run_dir, cfg = run
+    pipeline = Pipeline.from_weights(cfg, run_dir)
+    seeded = pipeline.sample(PROMPTS, seed=3)
+    noise = pipeline.initial_noise(pipeline.generators([3, 4]), cfg.num_stages)  # stage 0's side
+    full = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # full size: pooled like a draw
+    assert torch.equal(pipeline.sample(PROMPTS, seed=3, latents=noise).images, seeded.images)
+    from_full = pipeline.sample(PROMPTS, seed=3, latents=full).trace
+    assert from_full.final.shape == seeded.trace.final.shape and not torch.equal(from_full.final, seeded.trace.final)
+    with pytest.raises(ConfigError, match="latents"):
+        pipeline.sample(PROMPTS, latents=torch.zeros(2, 3, 12, 12))
 
 
 def test_uniform_mode_is_the_same_module_with_a_switch(run):
     args, run_dir, _ = run
     cfg = load(EXPERIMENTS / "tiny.yaml", [*args, "sampler.mode=uniform"])
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, run_dir)
+    pipeline = Pipeline.from_weights(cfg, run_dir)
     calls = []
-    module.model.register_forward_hook(lambda m, a, kw, out: calls.append(a[0].shape[-1]), with_kwargs=True)
-    predict(module, PROMPTS[:1])
+    pipeline.model.register_forward_hook(lambda m, a, kw, out: calls.append(a[0].shape[-1]), with_kwargs=True)
+    pipeline.sample(PROMPTS[:1])
     assert calls == [32] * cfg.sampler.uniform_steps  # one stage, full resolution throughout
 
 

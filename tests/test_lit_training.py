@@ -38,7 +38,7 @@ def tiny(root, shapes, *overrides):
 def test_pretrain_bridge_beats_identity_on_heldout(tmp_path, shapes):
     cfg = tiny(tmp_path, shapes)
     start = time.perf_counter()
-    report = pretrain_bridges(cfg)
+    report = pretrain_bridges(cfg).report
     elapsed = time.perf_counter() - start
     run = tmp_path / "tiny"
     assert (run / "bridges.safetensors").is_file()

@@ -47,7 +47,7 @@ def test_nami_2b_config_trains_with_vae_t5_and_clip(tmp_path, tiny_models):
     ])  # fmt: skip
     text = build_text_encoder(cfg.text_encoder)(["a red circle", ""])
     assert text.states.shape == (2, 8, 32) and text.pooled.shape == (2, 24)
-    report = pretrain_bridges(cfg)  # encodes full-resolution images with the VAE, pools latents per stage
+    report = pretrain_bridges(cfg).report  # encodes full-resolution images with the VAE, pools latents per stage
     assert set(report["heldout_mse"]["conv1x1"]) == {"transition_1", "transition_2"}
     run = train(cfg)
     assert (run / "weights.safetensors").is_file() and (run / "checkpoints" / "step00000002.ckpt").exists()

@@ -15,7 +15,7 @@ from nami.bridges import bridge_from_config, load_bridges
 from nami.cli import main
 from nami.config import load
 from nami.flow import PyramidFlow
-from nami.lit.convert import official_transformer_to_kit
+from nami.artifacts.convert import official_transformer_to_kit
 from nami.models import build_model
 from nami.models.layers import axis_rope_angles, rope_angles
 
@@ -68,7 +68,7 @@ def test_every_stage_matches_diffusers_flux_holding_its_blocks(release):
     root, state, _ = release
     cfg = load(OFFICIAL, TINY)
     model = build_model(cfg).eval()
-    weights = load_file(str(root / "kit" / "weights.safetensors"))
+    weights = load_file(str(root / "kit" / "model.safetensors"))  # a model directory
     model.load_state_dict({k[len("model.") :]: v for k, v in weights.items()})
     g = torch.Generator().manual_seed(3)
     states, pooled = torch.randn(2, 7, TEXT_DIM, generator=g), torch.randn(2, POOLED_DIM, generator=g)

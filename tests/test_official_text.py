@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from nami.cli import main
 from nami.config import load
 from nami.lit.joint_flow import JointFlowModule
-from nami.lit.pipeline import Pipeline, SamplingOptions
+from nami.sampling.pipeline import Pipeline
 from nami.lit.runner import train
 from nami.models import LearnedTextEncoder, build_model, build_text_encoder
 from nami.parts import build_parts
@@ -25,7 +25,7 @@ PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """Tiny release files converted in-process, and the tiny text encoders: (converted dir, overrides)."""
-    from nami.lit.convert import convert_official
+    from nami.artifacts.convert import convert_official
 
     root = tmp_path_factory.mktemp("official")
     transformer, bridge, _, _ = write_release(root / "weights")
@@ -81,36 +81,36 @@ class RecordingText(LearnedTextEncoder):
         return super().forward(prompts)
 
 
-def _pipeline(options: SamplingOptions) -> tuple[Pipeline, RecordingText]:
+def _pipeline(**settings) -> tuple[Pipeline, RecordingText]:
     cfg = load(EXPERIMENTS / "tiny.yaml", LEARNED_TEXT)
     parts = build_parts(cfg, fitted=False)
     text = RecordingText(64, 64, cfg.text_encoder.max_length)
     text.seen = []
-    return Pipeline.from_parts(parts, cfg.latent_size, text_encoder=text, options=options), text
+    return Pipeline.from_config(parts, cfg, text_encoder=text, **settings), text
 
 
 def test_prompt_suffix_and_negative_prompt_reach_the_encoder_and_guidance_1_skips_the_negative():
-    pipeline, text = _pipeline(SamplingOptions(prompt_suffix=", detailed", negative_prompt="blurry"))
+    pipeline, text = _pipeline(prompt_suffix=", detailed", negative_prompt="blurry")
     pipeline.encode_prompts(PROMPTS, guidance=3.0)
     pipeline.encode_prompts(PROMPTS, guidance=1.0)
     assert text.seen == [[p + ", detailed" for p in PROMPTS] + ["blurry", "blurry"],
                          [p + ", detailed" for p in PROMPTS]]  # fmt: skip
-    plain, text = _pipeline(SamplingOptions())
+    plain, text = _pipeline(prompt_suffix="", negative_prompt="")
     plain.encode_prompts(PROMPTS, guidance=3.0)
     assert text.seen == [PROMPTS + ["", ""]]
 
 
 @pytest.mark.parametrize("precision", ["fp16-true", "bf16-mixed", "fp32", "auto"])
 def test_sampler_precision_casts_or_autocasts(precision):
-    pipeline, _ = _pipeline(SamplingOptions(precision=precision))
+    # auto follows trainer.precision on the sampling device: bf16-mixed here, so the CPU autocasts to bfloat16
+    pipeline, _ = _pipeline(precision=precision, trainer_precision="bf16-mixed")
     seen = []
 
     def record(module, args):
         seen.append((args[0].dtype, torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
 
     pipeline.model.register_forward_pre_hook(record)
-    # one uniform step is enough to see the dtypes; bfloat16 is the caller's autocast dtype (what auto takes)
-    images = pipeline.sample(PROMPTS[:1], [1], 3.0, mode="uniform", dtype=torch.bfloat16).images
+    images = pipeline.sample(PROMPTS[:1], [1], 3.0, mode="uniform").images  # one step shows the dtypes
     want = {"fp16-true": (torch.float16, False), "bf16-mixed": (torch.float32, torch.bfloat16),
             "fp32": (torch.float32, False), "auto": (torch.float32, torch.bfloat16)}[precision]  # fmt: skip
     assert set(seen) == {want}
@@ -126,6 +126,20 @@ def test_nami_sample_runs_the_converted_release(release, tmp_path):
                  "--prompt", PROMPTS[0], "--steps", "1,1,1", "--out", str(out)])  # fmt: skip
     assert code == 0
     assert len(list(out.rglob("000-*.png"))) == 1
+
+
+def test_a_gpu_config_samples_on_a_machine_without_a_gpu(release, tmp_path, capsys):
+    """nami_2b_official.yaml says trainer.accelerator=gpu; sampling needs no GPU: it runs on the CPU with a note
+    instead of Lightning's "No supported gpu backend found!" traceback (issue 21, bug 3)."""
+    kit, args = release
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert load(OFFICIAL, args).trainer.accelerator == "gpu"
+    code = main(["sample", str(OFFICIAL), *args, "--ckpt", str(kit), "--prompt", PROMPTS[0], "--steps", "1,1,1",
+                 "--out", str(tmp_path / "samples")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "sampling on the CPU" in err and "Traceback" not in err
+    assert len(list((tmp_path / "samples").rglob("000-*.png"))) == 1
 
 
 class FirstWeights(JointFlowModule):
@@ -152,7 +166,7 @@ def test_init_from_starts_training_from_the_converted_weights(release, tmp_path)
         "log.sample_prompts=[a red circle]", "sampler.steps=[1,1,1]",
     ])  # fmt: skip
     run = train(cfg, module_cls=FirstWeights)
-    converted = load_file(str(kit / "weights.safetensors"))
+    converted = load_file(str(kit / "model.safetensors"))
     start = FirstWeights.at_start
     for key, tensor in converted.items():
         name = key[len("model.") :]

@@ -88,7 +88,7 @@ def encoded(tmp_path_factory, tiny_models, shapes):
 def test_a_step_from_precomputed_shards_has_the_loss_of_online_encoding(tmp_path, tiny_models, shapes,
                                                                          vae):  # fmt: skip
     from nami.lit import JointFlowModule
-    from nami.lit.seeds import step_generator
+    from nami.flow.seeds import step_generator
 
     cfg = frozen_cfg(tiny_models, f"{shapes}/*.tar", vae=vae)
     encode(cfg, tmp_path / "enc")

@@ -35,11 +35,11 @@ def test_readme_loss_is_the_training_step_loss():
 
 
 def test_readme_sample_is_the_pipeline_sample():
-    from nami.lit.pipeline import Pipeline
+    from nami.sampling.pipeline import Pipeline
 
     ns = _example()
     cfg = ns["cfg"]
     assert ns["image"].shape == (1, 3, 32, 32)
-    pipeline = Pipeline.from_parts(ns["parts"], cfg.latent_size)
+    pipeline = Pipeline.from_config(ns["parts"], cfg)
     images = pipeline.sample(ns["prompts"], cfg.sampler.steps, cfg.sampler.guidance, seed=0).images
     assert torch.equal(images, ns["image"])

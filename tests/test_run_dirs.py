@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,61 @@ def test_the_progress_bar_counts_steps_of_the_budget(tmp_path, shapes):
     assert again.returncode == 0, again.stderr[-2000:]
     bar = again.stdout.replace("\r", "\n")
     assert "5/5" in bar and "3/5" in bar and "6/5" not in bar and "1/5" not in bar  # continues from step 3
+
+
+def _files(root) -> dict:
+    return {p: p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def test_training_again_from_step_0_is_refused_and_changes_nothing(tmp_path, shapes, capsys):
+    """Without trainer.resume, a second run of the same config would restart at step 0 in the same directory:
+    replace weights.safetensors, mix two histories in checkpoints/ and tb/ (issue 21, bug 1)."""
+    first = train(load(TINY, run_args(tmp_path, shapes, "name=r")))
+    before = _files(first)
+    code, _, err = cli(capsys, "train", TINY, *run_args(tmp_path, shapes, "name=r"))
+    line = one_error_line(err)
+    assert code == 2 and "trainer.resume=last" in line and "trainer.run_dir_exists=new" in line, line
+    assert _files(first) == before  # nothing written, nothing replaced
+    code, _, err = cli(capsys, "pretrain-bridge", TINY, *run_args(tmp_path, shapes, "name=r"))
+    assert code == 2 and "trained with its bridge" in one_error_line(err)  # a refit would swap the bridge under it
+    assert _files(first) == before
+    again = train(load(TINY, run_args(tmp_path, shapes, "name=r", "trainer.run_dir_exists=new")))
+    assert again.path.name == "r-2" and (again / "weights.safetensors").is_file() and _files(first) == before
+
+
+def test_pretrain_bridge_prints_the_directory_it_wrote(tmp_path, shapes, capsys):
+    """With trainer.run_dir_exists=new the bridge goes to name-2: the printed path is that one (bug 2)."""
+    fit = ["bridge.kind=conv1x1", "bridge.fit_batches=2", "bridge.heldout_batches=1"]
+    code, out, _ = cli(capsys, "pretrain-bridge", TINY, *run_args(tmp_path, shapes, "name=b", *fit))
+    assert code == 0 and f"wrote {tmp_path / 'b' / 'bridges.safetensors'}" in out
+    code, out, _ = cli(capsys, "pretrain-bridge", TINY, *run_args(tmp_path, shapes, "name=b", "model.width=96",
+                                                                  "trainer.run_dir_exists=new", *fit))  # fmt: skip
+    assert code == 0 and f"wrote {tmp_path / 'b-2' / 'bridges.safetensors'}" in out
+    assert (tmp_path / "b-2" / "bridges.safetensors").is_file()
+
+
+def test_a_second_process_on_the_run_is_refused_naming_the_holder(tmp_path, shapes, capsys):
+    """The run directory's lock: a live holder refuses a second run in one line; a dead one's lock is taken
+    over with a notice (issue 23, item 17)."""
+    import json
+    import socket
+
+    from nami.artifacts import RunDir
+
+    args = run_args(tmp_path, shapes, "name=l")
+    run = RunDir.named(load(TINY, args))
+    run.path.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-12-03 06:00:00"}
+        (run.path / ".lock").write_text(json.dumps(lock))
+        code, _, err = cli(capsys, "train", TINY, *args)
+        line = one_error_line(err)
+        assert code == 2 and f"process {holder.pid} on {socket.gethostname()}" in line and ".lock" in line, line
+        assert not (run.path / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = cli(capsys, "train", TINY, *args)  # the holder is gone: its lock is taken over
+    assert code == 0 and "taking over the run lock" in err and str(holder.pid) in err
+    assert not (run.path / ".lock").exists() and (run.path / "weights.safetensors").is_file()  # released

@@ -11,8 +11,8 @@ from PIL import Image
 
 from nami.config import load
 from nami.flow import initial_noise
-from nami.lit.images import CAPTION_WIDTH, TITLE_HEIGHT, captioned_grid, stage_panels, write_samples
-from nami.lit.pipeline import Pipeline
+from nami.sampling.images import CAPTION_WIDTH, TITLE_HEIGHT, captioned_grid, stage_panels, write_samples
+from nami.sampling.pipeline import Pipeline
 from nami.models import model_fn
 from nami.parts import build_parts
 
@@ -86,19 +86,19 @@ def test_decoded_previews_and_the_stages_strip(recorded, tmp_path):
     """Pipeline results hold the decoded, full-size previews; `nami sample --stages` strips show them beside
     each stage's end, with titles."""
     cfg, parts, _, _ = recorded
-    pipe = Pipeline.from_parts(parts, cfg.latent_size)
+    pipe = Pipeline.from_config(parts, cfg)
     prompts = ["a red circle", "two blue squares"]
     result = pipe.sample(prompts, STEPS, GUIDANCE, seed=0, keep_stages=True)
     for k in range(3):
         z = result.trace.stage_predictions[k]
         while z.shape[-1] < cfg.latent_size:  # nearest-neighbour enlargement
             z = z.repeat_interleave(2, -1).repeat_interleave(2, -2)
-        assert torch.equal(result.stage_predictions[k], z.clamp(-1, 1))  # the pixel autoencoder decodes as is
+        assert torch.equal(result.stages.stage_predictions[k], z.clamp(-1, 1))  # the pixel autoencoder decodes as is
     panels = stage_panels(result, 1)
     assert [t for t, _ in panels] == ["stage 0 end", "stage 0 x0 pred", "stage 1 start", "stage 1 end",
                                       "stage 1 x0 pred", "stage 2 start", "stage 2 (final)"]  # fmt: skip
-    assert torch.equal(panels[1][1], result.stage_predictions[0][1])
-    assert torch.equal(panels[4][1], result.stage_predictions[1][1])
+    assert torch.equal(panels[1][1], result.stages.stage_predictions[0][1])
+    assert torch.equal(panels[4][1], result.stages.stage_predictions[1][1])
     written = write_samples(result, prompts, tmp_path, stages=True)
     strip = Image.open(next(p for p in written if p.name == "001-two-blue-squares-stages.png"))
     panel = 128 + 2  # 32 px enlarged 4x, make_grid's padding

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nami.config import load
-from nami.lit.pipeline import Pipeline, SamplingOptions
-from nami.lit.precision import flush_denormals
+from nami.sampling.pipeline import Pipeline, SamplerSettings
+from nami.sampling.precision import flush_denormals
 from nami.models import forward_cost
 from nami.parts import build_parts
 from nami.perf.throughput import StageTimer, peak_tflops, rate
@@ -33,7 +33,7 @@ def setup():
 
 def _pipeline(setup, **options) -> Pipeline:
     cfg, parts = setup
-    return Pipeline.from_parts(parts, cfg.latent_size, options=SamplingOptions(**options))
+    return Pipeline.from_config(parts, cfg, **options)
 
 
 def test_peak_table_matches_device_names_most_specific_first():
@@ -104,7 +104,7 @@ def test_compile_switch_samples_eagerly_on_the_cpu_with_one_warning(setup):
 
 def test_sampling_options_take_compile_from_the_config():
     cfg = load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "sampler.compile=true"])
-    assert SamplingOptions.from_config(cfg.sampler).compile is True
+    assert SamplerSettings.from_config(cfg).compile is True
 
 
 def test_flushing_denormals_zeroes_them_and_leaves_samples_within_float_tolerance(setup):

@@ -11,7 +11,7 @@ __all__ = ["NamiPipeline"]
 
 def __getattr__(name: str):
     if name == "NamiPipeline":
-        from .lit.hub import NamiPipeline
+        from .sampling.hub import NamiPipeline
 
         return NamiPipeline
     raise AttributeError(f"module 'nami' has no attribute {name!r}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bridges import BridgeFlow, bridge_from_config, load_bridges
-from .config import ConfigError, NamiConfig
+from .artifacts.weights import fitted_bridge, load_parts_weights, read_weights
+from .bridges import BridgeFlow, bridge_from_config
+from .config import NamiConfig
 from .flow import PyramidFlow
 from .models import Autoencoder, NestedMMDiT, TextEncoder, build_autoencoder, build_model, build_text_encoder
 
@@ -25,30 +26,6 @@ class Parts:
     autoencoder: Autoencoder | None  # None with encoders=False (training from precomputed shards)
     bridge: BridgeFlow
     flow: PyramidFlow
-
-
-def bridge_weights_path(cfg: NamiConfig, run_dir: str | Path | None) -> Path | None:
-    """Where the fitted bridge of a run lives: `bridge.weights`, else <run_dir>/bridges.safetensors
-    (None for kinds without weights, or with neither set)."""
-    if cfg.bridge.weights:
-        return Path(cfg.bridge.weights)
-    return Path(run_dir) / "bridges.safetensors" if run_dir is not None else None
-
-
-def fitted_bridge(cfg: NamiConfig, run_dir: str | Path | None) -> BridgeFlow:
-    """The configured bridge with its fitted weights (kinds without weights need none)."""
-    bridge = bridge_from_config(cfg)
-    if not bridge.learnable:
-        return bridge
-    path = bridge_weights_path(cfg, run_dir)
-    if path is None or not path.is_file():
-        where = f" at {path}" if path is not None else ""
-        raise ConfigError(
-            "bridge.weights",
-            f"no fitted {cfg.bridge.kind} bridge{where}: run `nami pretrain-bridge CONFIG` first "
-            "(or set bridge.weights=PATH)",
-        )
-    return load_bridges(bridge, path)
 
 
 def build_parts(
@@ -79,3 +56,13 @@ def build_parts(
 def build_encoders(cfg: NamiConfig) -> tuple[TextEncoder, Autoencoder]:
     """The text encoder and the autoencoder alone (`nami data encode`; sampling after precomputed training)."""
     return build_text_encoder(cfg.text_encoder), build_autoencoder(cfg.autoencoder)
+
+
+def trained_parts(cfg: NamiConfig, path: str | Path, key: str = "--ckpt") -> tuple[Parts, Path]:
+    """The parts `cfg` describes holding the weights `path` stands for (`nami.artifacts.weights`), with the
+    bridge that belongs with them (bridge.weights, else the weights' directory's bridges.safetensors); also
+    the directory the weights came from."""
+    weights = read_weights(path, key)
+    parts = build_parts(cfg, weights.directory)
+    load_parts_weights(weights, {"model": parts.model, "text_encoder": parts.text_encoder}, key)
+    return parts, weights.directory

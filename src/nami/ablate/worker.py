@@ -10,7 +10,6 @@ timing: `nami bench sampling` (uniform, progressive and no-nesting samplers on t
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import traceback
@@ -20,13 +19,12 @@ from pathlib import Path
 from ..config import ConfigError, NamiConfig, load
 from .records import exclusive, read_json, write_json
 
-STEP_CHECKPOINT = re.compile(r"^step(\d+)\.ckpt$")
 CONCURRENT_JOBS = "NAMI_ABLATE_JOBS"  # how many workers ran side by side (their wall times shared the CPU)
 
 
-def checkpoint_steps(run: Path) -> list[int]:
-    return sorted(int(m.group(1)) for p in (run / "checkpoints").glob("step*.ckpt")
-                  if (m := STEP_CHECKPOINT.match(p.name)))  # fmt: skip
+def checkpoint_steps(run) -> list[int]:
+    """The steps of a run directory's complete step checkpoints, oldest first."""
+    return [step for step, _ in run.step_checkpoints()]
 
 
 def _compact_eval(report: dict) -> dict:
@@ -38,24 +36,24 @@ def _compact_eval(report: dict) -> dict:
 
 
 def run_quality(path: Path) -> None:
-    from ..lit.evaluation import evaluate_module
-    from ..lit.inference import ProgressiveInferenceModule
-    from ..lit.runner import pretrain_bridges, run_dir, train
+    from ..artifacts import RunDir
+    from ..eval.report import evaluate_pipeline
+    from ..lit.runner import pretrain_bridges, train
+    from ..sampling import Pipeline
 
     record = read_json(path)
     spec = record["spec"]
     cfg = load(spec["config"], spec["overrides"])
-    run = run_dir(cfg)
+    run = RunDir.named(cfg)
     if spec["fit_bridges"] and "bridges" not in record:
         start = time.perf_counter()
-        report = pretrain_bridges(cfg)
+        report = pretrain_bridges(cfg).report
         record["bridges"] = {"seconds": time.perf_counter() - start, "heldout_mse": report.get("heldout_mse")}
         write_json(path, record)
     if "train" not in record:
         resumed_from = (checkpoint_steps(run) or [0])[-1]
-        overrides = [*spec["overrides"], "trainer.resume=last"] if resumed_from else spec["overrides"]
-        start = time.perf_counter()
-        train(load(spec["config"], overrides))
+        start = time.perf_counter()  # auto: a killed unit continues from its newest checkpoint, if it wrote one
+        train(load(spec["config"], [*spec["overrides"], "trainer.resume=auto"]))
         seconds = time.perf_counter() - start
         steps = (checkpoint_steps(run) or [0])[-1]
         # The wall time covers this process's part only: steps before `resumed_from` ran in a killed one.
@@ -64,9 +62,8 @@ def run_quality(path: Path) -> None:
                            "concurrent_jobs": int(os.environ.get(CONCURRENT_JOBS, "1"))}  # fmt: skip
         write_json(path, record)
     if "eval" not in record:
-        module = ProgressiveInferenceModule.from_checkpoint(cfg, run)
-        report = evaluate_module(module, progress=False)
-        write_json(run / "eval.json", report)  # what `nami eval --json --per-image` prints
+        report = evaluate_pipeline(Pipeline.from_weights(cfg, run.path), cfg, progress=False)
+        write_json(run.path / "eval.json", report)  # what `nami eval --json --per-image` prints
         record["eval"] = _compact_eval(report)
         write_json(path, record)
     record["done"] = True
@@ -100,22 +97,22 @@ def training_step_times(cfg: NamiConfig, steps: int, repeats: int) -> dict:
 
 
 def run_timing(path: Path) -> None:
-    from ..lit.inference import ProgressiveInferenceModule
-    from ..lit.runner import run_dir
+    from ..artifacts import RunDir
     from ..perf.bench import bench_sampling
+    from ..sampling import Pipeline
 
     record = read_json(path)
     spec = record["spec"]
     cfg = load(spec["config"], spec["overrides"])
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, run_dir(cfg))
-    record["sampling"] = bench_sampling(cfg, module, batch=cfg.eval.batch_size, repeats=spec["bench_repeats"])
+    pipeline = Pipeline.from_weights(cfg, RunDir.named(cfg).path)
+    record["sampling"] = bench_sampling(cfg, pipeline, batch=cfg.eval.batch_size, repeats=spec["bench_repeats"])
     record["training"] = training_step_times(cfg, spec["steps_trained"], spec["bench_repeats"])
     record["done"] = True
     write_json(path, record)
 
 
 def main(argv: list[str]) -> int:
-    from ..lit.precision import flush_denormals
+    from ..sampling.precision import flush_denormals
 
     kind, path = argv[0], Path(argv[1])
     flush_denormals()  # as the `nami` commands that run the networks do

@@ -18,8 +18,22 @@ COMMAND_GROUPS = (training, inference, export, data, bench, convert, ablate)
 COMPUTE_COMMANDS = {"train", "pretrain-bridge", "sample", "eval", "bench", "ablate"}
 
 
+def quiet_warnings() -> None:
+    """Warnings about library internals the user cannot act on (Lightning's use of torch's deprecated
+    `LeafSpec`, printed at every run)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nami", description="NAMI kit: multi-stage rectified flow.")
+    parser = argparse.ArgumentParser(
+        prog="nami", description="NAMI kit: multi-stage rectified flow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every command that takes CONFIG also takes key=value overrides.\n"
+               "`nami config CONFIG [key=value ...]` prints the resolved config: every key there is to set.",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_commands(sub)
@@ -34,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    quiet_warnings()
     if args.command in COMPUTE_COMMANDS:
-        from ..lit.precision import flush_denormals
+        from ..sampling.precision import flush_denormals
 
         flush_denormals()
     try:

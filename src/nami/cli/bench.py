@@ -18,12 +18,12 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 def cmd_bench_sampling(args: argparse.Namespace) -> int:
     """Uniform vs progressive vs no-nesting sampling time, bridge vs renoise transitions, vs the FLOP model."""
-    from ..lit.inference import ProgressiveInferenceModule
     from ..perf.bench import bench_sampling, format_sampling
+    from ..sampling import Pipeline
 
     cfg = load(args.config, args.overrides)
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt) if args.ckpt else None
-    report = bench_sampling(cfg, module, batch=args.batch or cfg.eval.batch_size, repeats=args.repeats)
+    pipeline = Pipeline.from_weights(cfg, args.ckpt) if args.ckpt else None
+    report = bench_sampling(cfg, pipeline, batch=args.batch or cfg.eval.batch_size, repeats=args.repeats)
     return print_report(args, report, format_sampling)
 
 

@@ -8,7 +8,8 @@ import json
 
 def add_config_args(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
     parser.add_argument("config", help="experiment YAML (e.g. experiments/tiny.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="omegaconf dotlist overrides")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="omegaconf dotlist overrides (`nami config CONFIG` lists every key)")
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 

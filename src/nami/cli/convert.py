@@ -19,7 +19,7 @@ def default_config() -> Path:
 
 def cmd_convert_official(args: argparse.Namespace) -> int:
     """Released NAMI-2B checkpoint (diffusers Flux layout + bridge_flow.bin) -> kit weights, or back."""
-    from ..lit.convert import convert_official, convert_to_official
+    from ..artifacts.convert import convert_official, convert_to_official
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():  # only overrides were given

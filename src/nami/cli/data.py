@@ -42,7 +42,7 @@ def cmd_data_encode(args: argparse.Namespace) -> int:
 
     from data_modules.encode import encode_shards, format_encode
 
-    from ..lit.precision import autocast_dtype, uses_cuda
+    from ..sampling.precision import autocast_dtype, uses_cuda
     from ..parts import build_encoders
 
     cfg = load(args.config, args.overrides)

@@ -1,4 +1,4 @@
-"""`nami export`: a run's EMA weights as a self-describing model directory (lit/export.py, lit/model_dir.py)."""
+"""`nami export`: a run's EMA weights as a self-describing model directory (nami.artifacts.export, nami.artifacts.model_dir)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a model directory (config.json, model.safetensors, bridges.safetensors, README.md) from a run."""
-    from ..lit.export import export_run
+    from ..artifacts.export import export_run
 
     export = export_run(args.run, args.out)
     if args.json:

@@ -1,8 +1,8 @@
 """`nami sample`, `nami eval`.
 
-CONFIG is optional when --ckpt is a model directory (`nami export`): its config.json describes the model. A
-YAML and overrides given as well are layered over it and may change sampler, eval and trainer keys only; a
-different value for a model key is refused, naming it (lit/model_dir.py).
+CONFIG is optional: --ckpt's model directory (config.json) or run directory (config.yaml) records the config
+its weights were trained with. A YAML and overrides given as well are layered over it and may change sampler,
+eval and trainer keys only; a different value for a model key is refused, naming it (nami.artifacts.model_dir).
 """
 
 from __future__ import annotations
@@ -11,31 +11,30 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import ConfigError, NamiConfig, load
+from ..artifacts.layout import SAMPLES
+from ..config import ConfigError, NamiConfig
 from .common import positive_int
 
 MAX_SEED = 2**63 - 1  # torch generators take seeds up to this
 
 
 def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> NamiConfig:
-    """The config to sample --ckpt with: a model directory's own (CONFIG optional), else CONFIG's."""
-    from ..lit.model_dir import is_model_dir, model_dir_config
+    """The config to sample --ckpt with: the recorded config of the model or run directory the weights belong
+    to (CONFIG optional), with CONFIG and overrides layered on top (`nami.artifacts.model_dir`)."""
+    from ..artifacts.model_dir import config_for_weights
 
     config = args.config
     if config is not None and "=" in config and not Path(config).is_file():
         overrides, config = [config, *overrides], None  # argparse gave the first override to CONFIG
-    if is_model_dir(args.ckpt):
-        return model_dir_config(args.ckpt, config, overrides)
-    if config is None:
-        raise ConfigError("config", f"--ckpt {args.ckpt} is not a model directory (config.json + model.safetensors, "
-                                    "written by `nami export`): give the experiment YAML")  # fmt: skip
-    return load(config, overrides)
+    return config_for_weights(args.ckpt, config, overrides)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Progressive sampling from trained weights; --stages also writes every stage side by side."""
-    from ..lit.images import fresh_directory, write_samples
-    from ..lit.inference import ProgressiveInferenceModule, predict
+    from ..artifacts.files import numbered_directory
+    from ..artifacts.weights import owner_directory, weights_source
+    from ..sampling import Pipeline
+    from ..sampling.images import write_samples
 
     if not 0 <= args.seed <= MAX_SEED - (len(args.prompt) - 1):
         raise ConfigError("--seed", f"must lie in [0, 2**63 - 1 - (prompts - 1)] (prompt i uses seed + i), got {args.seed}")
@@ -45,9 +44,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.guidance is not None:
         overrides.append(f"sampler.guidance={args.guidance}")
     cfg = config_for_checkpoint(args, overrides)
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt, keep_stages=args.stages)
-    result = predict(module, args.prompt, seed=args.seed, batch_size=args.batch_size)
-    out = fresh_directory(Path(args.out) if args.out else module.run_dir / "samples")
+    # the output directory first: a bad --out costs nothing
+    out = numbered_directory(Path(args.out) if args.out else owner_directory(weights_source(args.ckpt)) / SAMPLES)
+    pipeline = Pipeline.from_weights(cfg, args.ckpt)
+    result = pipeline.sample(args.prompt, seed=args.seed, keep_stages=args.stages, batch_size=args.batch_size,
+                             progress=True)  # fmt: skip
     for path in write_samples(result, args.prompt, out, stages=args.stages):
         print(path)
     return 0
@@ -55,12 +56,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """GenEval-Shapes score per category over a fixed seeded prompt set (+ FID / CLIPScore with weights)."""
-    from ..lit.evaluation import evaluate_module, format_eval
-    from ..lit.inference import ProgressiveInferenceModule
+    from ..eval.report import evaluate_pipeline, format_eval
+    from ..sampling import Pipeline
 
     cfg = config_for_checkpoint(args, list(args.overrides))
-    module = ProgressiveInferenceModule.from_checkpoint(cfg, args.ckpt)
-    report = evaluate_module(module, args.num, progress=not args.json)
+    report = evaluate_pipeline(Pipeline.from_weights(cfg, args.ckpt), cfg, args.num, progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "results" or args.per_image}))
     else:
@@ -69,7 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="experiment YAML; optional when --ckpt is a model "
+    parser.add_argument("config", nargs="?", help="experiment YAML; optional when --ckpt is a model or run "
                                                   "directory (then it may change sampler / eval / trainer "
                                                   "keys only)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="omegaconf dotlist overrides")

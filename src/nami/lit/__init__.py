@@ -1,7 +1,8 @@
-"""Lightning side of the kit: modules (BridgePretrain, JointFlow), pipeline, callbacks, strategies, runner."""
+"""The Lightning side of the kit, and only that: the three LightningModules (BridgePretrainModule,
+JointFlowModule, ProgressiveInferenceModule), the training callbacks, strategies and step checkpoints, and the
+runner that puts a Trainer together (`nami pretrain-bridge`, `nami train`)."""
 
 from .bridge_pretrain import BridgePretrainModule
 from .joint_flow import JointFlowModule, NonFiniteError
-from .pipeline import Pipeline, SampleResult
 
-__all__ = ["BridgePretrainModule", "JointFlowModule", "NonFiniteError", "Pipeline", "SampleResult"]
+__all__ = ["BridgePretrainModule", "JointFlowModule", "NonFiniteError"]

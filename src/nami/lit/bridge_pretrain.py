@@ -14,7 +14,7 @@ import torch
 from ..bridges import BridgeFlow, ClosedFormFit, build_bridge, pairs_loss, squared_errors
 from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
 from ..parts import Parts, build_parts
-from .seeds import step_generator
+from ..flow.seeds import step_generator
 
 REFERENCES = ("identity", "renoise")
 

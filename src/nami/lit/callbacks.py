@@ -14,11 +14,12 @@ from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from safetensors.torch import save_file
 from torchvision.utils import save_image
 
+from ..artifacts.weights import checkpoint_name, step_checkpoints
 from ..config import ConfigError, NamiConfig
 from ..eval import prompt_set, to_rgb_uint8
+from ..eval.report import prompt_set_identity, score_images
 from ..eval.shapes import CATEGORIES
-from .evaluation import prompt_set_identity, score_images
-from .images import captioned_grid, stage_panels
+from ..sampling.images import captioned_grid, stage_panels
 
 
 def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> ThroughputMonitor:
@@ -52,6 +53,37 @@ class StepProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
+class EveryNSteps(L.Callback):
+    """Calls `run(trainer, pl_module)` every `every` optimizer steps (never at step 0, never twice for one step:
+    micro-batches of an accumulated step and a skipped non-finite step leave global_step where it was) and at
+    the end of training when `at_end(trainer)` says so. `every` 0: only at the end."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.last_step = -1
+
+    def run(self, trainer, pl_module) -> None:
+        raise NotImplementedError
+
+    def at_end(self, trainer) -> bool:
+        return True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every > 0 and step > 0 and step % self.every == 0:
+            self._fire(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.at_end(trainer):
+            self._fire(trainer, pl_module)
+
+    def _fire(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.last_step:
+            return
+        self.last_step = trainer.global_step
+        self.run(trainer, pl_module)
+
+
 @contextmanager
 def sampling_mode(module: torch.nn.Module):
     """eval() while sampling, then every submodule back to its own mode (the frozen bridge stays in eval:
@@ -65,42 +97,50 @@ def sampling_mode(module: torch.nn.Module):
             m.training = training
 
 
-class SampleGrid(L.Callback):
+class StepCheckpoints(EveryNSteps):
+    """stepNNNNNNNN.ckpt every `trainer.checkpoint_every` steps and at the end of training; the newest
+    `trainer.keep_checkpoints` are kept. Retention is decided from the folder itself, not from a callback's
+    memory, so it holds across resumes; a checkpoint is only ever one of ours (a kill mid-save leaves a partial
+    file, never a damaged `.ckpt`: strategies.py)."""
+
+    def __init__(self, folder: Path, every: int, keep: int):
+        super().__init__(every)
+        self.folder, self.keep = Path(folder), keep
+
+    def at_end(self, trainer) -> bool:
+        # a resumed run that trained no further step already has this step's checkpoint; a stale partial file of
+        # a failed save is no checkpoint, and the save below replaces it
+        return not (self.folder / checkpoint_name(trainer.global_step)).exists()
+
+    def run(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.folder / checkpoint_name(trainer.global_step), weights_only=False)
+        for _, old in step_checkpoints(self.folder)[: -self.keep]:
+            trainer.strategy.remove_checkpoint(old)
+
+
+class SampleGrid(EveryNSteps):
     """Every `every` steps (and at the end): sample the fixed prompts with EMA weights; log and save a grid.
 
     Row i is prompt i, its caption written beside it; its columns are each stage's end point upsampled to full
     size and, beside every end but the last (the final image), the clean image predicted at that stage's last
-    model call. Logged once per step (the end of training may fall on a sampling step). Runs on every rank
-    (sharded models need all ranks for a forward); rank 0 writes.
+    model call. Runs on every rank (sharded models need all ranks for a forward); rank 0 writes.
     """
 
-    def __init__(self, out_dir: Path, prompts: list[str], steps: list[int], guidance: float, seed: int = 0,
-                 every: int = 0, dtype: torch.dtype | None = None):  # fmt: skip
-        self.out_dir, self.prompts, self.steps, self.guidance = Path(out_dir), list(prompts), list(steps), guidance
-        self.seed, self.every, self.dtype = seed, every, dtype
-        self._logged_step = -1
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
-            self.sample(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.sample(trainer, pl_module)
+    def __init__(self, out_dir: Path, prompts: list[str], seed: int = 0, every: int = 0):
+        super().__init__(every)
+        self.out_dir, self.prompts, self.seed = Path(out_dir), list(prompts), seed
 
     @torch.no_grad()
-    def sample(self, trainer, pl_module) -> None:
-        step = trainer.global_step
-        if step == self._logged_step:  # a skipped (non-finite) step, or the end on a sampling step
-            return
-        self._logged_step = step
+    def run(self, trainer, pl_module) -> None:
         with sampling_mode(pl_module):
-            result = pl_module.pipeline(use_ema=True).sample(self.prompts, self.steps, self.guidance, seed=self.seed,
-                                                             keep_stages=True, dtype=self.dtype)  # fmt: skip
+            result = pl_module.pipeline(use_ema=True).sample(self.prompts, seed=self.seed, mode="progressive",
+                                                             keep_stages=True)  # fmt: skip
         if not trainer.is_global_zero:
             return
         rows = [stage_panels(result, i, starts=False) for i in range(len(self.prompts))]
         panels = torch.stack([torch.stack([image for _, image in row]) for row in rows])
         grid = captioned_grid(panels, self.prompts, [title for title, _ in rows[0]])
+        step = trainer.global_step
         for logger in trainer.loggers:
             if hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("samples/stages", grid, step)
@@ -116,7 +156,7 @@ def rank_share(n: int, world: int, rank: int) -> list[int]:
     return [min(rank * share + j, n - 1) for j in range(share)]
 
 
-class EvalCallback(L.Callback):
+class EvalCallback(EveryNSteps):
     """GenEval-Shapes of the EMA weights every `every` steps, and at the end of a run that got that far.
 
     The prompts are the first `per_category` of each category of `nami eval`'s set, sampled with the same noise
@@ -132,14 +172,13 @@ class EvalCallback(L.Callback):
 
     BEST, RECORD = "best.ckpt", "best.json"
 
-    def __init__(self, cfg: NamiConfig, every: int, per_category: int, best_dir: Path | None = None,
-                 dtype: torch.dtype | None = None):  # fmt: skip
-        self.cfg, self.every, self.dtype = cfg, every, dtype
+    def __init__(self, cfg: NamiConfig, every: int, per_category: int, best_dir: Path | None = None):
+        super().__init__(every)
+        self.cfg = cfg
         self.specs = prompt_set(per_category, cfg.eval.seed, cfg.resolution)
         self.identity = prompt_set_identity(self.specs, "standard", cfg.eval.seed)
         self.best_dir = Path(best_dir) if best_dir is not None else None
         self.best = self._recorded_best() if self.best_dir is not None else None
-        self._last_step = -1
 
     def _recorded_best(self) -> float | None:
         """eval/overall of the checkpoint kept so far under best_dir (None: none yet)."""
@@ -159,19 +198,16 @@ class EvalCallback(L.Callback):
                                                 "eval.train_per_category changed): move it away")  # fmt: skip
         return overall
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step > 0 and step % self.every == 0 and step != self._last_step:  # not again after a skipped step
-            self.evaluate(trainer, pl_module)
+    def at_end(self, trainer) -> bool:
+        return trainer.global_step >= self.every
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step >= self.every and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer, pl_module) -> None:
+        self.evaluate(trainer, pl_module)
 
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         """Sample, score, log; keep the checkpoint if it is the best so far. Every rank must call it."""
-        step = self._last_step = trainer.global_step
+        step = trainer.global_step
         start = time.perf_counter()
         with sampling_mode(pl_module):
             images = self._sample(trainer, pl_module)
@@ -188,14 +224,9 @@ class EvalCallback(L.Callback):
         """(N, 3, H, W) uint8 images of every prompt, in prompt order, on every rank."""
         n, world = len(self.specs), trainer.world_size
         mine = rank_share(n, world, trainer.global_rank)
-        pipe, s, size = pl_module.pipeline(use_ema=True), self.cfg.sampler, self.cfg.eval.batch_size
-        images = []
-        for i in range(0, len(mine), size):
-            index = mine[i : i + size]
-            captions, seeds = [self.specs[j]["caption"] for j in index], [self.cfg.eval.seed + j for j in index]
-            result = pipe.sample(captions, s.steps_for(), s.guidance, seed=seeds, mode=s.mode, dtype=self.dtype)
-            images += [torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1) for image in result.images]
-        images = torch.stack(images)
+        captions, seeds = [self.specs[j]["caption"] for j in mine], [self.cfg.eval.seed + j for j in mine]
+        result = pl_module.pipeline(use_ema=True).sample(captions, seed=seeds, batch_size=self.cfg.eval.batch_size)
+        images = torch.stack([torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1) for image in result.images])
         if world > 1:  # (world, share, ...) in rank order, which is prompt order
             images = trainer.strategy.all_gather(images.to(pl_module.device)).flatten(0, 1).cpu()
         return images[:n]
@@ -226,16 +257,20 @@ class EvalCallback(L.Callback):
         self.best = scores["overall"]
 
 
-class SkipCounts(L.Callback):
-    """Log the data module's skipped-sample counts by reason (cumulative, summed over ranks) at log steps."""
+class SkipCounts(EveryNSteps):
+    """Log the data module's skipped-sample counts by reason (cumulative, summed over ranks) every `every` steps
+    and at the end. A reason no rank has met stays out of TensorBoard (no rows of zeros)."""
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % trainer.log_every_n_steps:
+    def run(self, trainer, pl_module) -> None:
+        counts = getattr(trainer.datamodule, "skip_counts", lambda: {})()  # every reason, in one order, per rank
+        if not counts:
             return
-        counts = getattr(trainer.datamodule, "skip_counts", lambda: {})()
-        for reason, count in counts.items():
-            # every rank reports every reason (zeros included), so the all-reduce cannot hang
-            pl_module.log(f"data/skipped_{reason}", float(count), reduce_fx="sum", sync_dist=True)
+        totals = torch.tensor(list(counts.values()), dtype=torch.float64, device=pl_module.device)
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")  # every rank joins
+        found = {f"data/skipped_{reason}": n for reason, n in zip(counts, totals.tolist()) if n}
+        if found and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(found, step=trainer.global_step)
 
 
 class KeysRecorder(L.Callback):

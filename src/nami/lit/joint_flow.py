@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
 from functools import partial
 
 import lightning as L
@@ -16,9 +15,9 @@ from ..config import NamiConfig, config_from_dict, to_dict
 from ..errors import RunStopped
 from ..flow import StageLosses
 from ..models import TextEmbedding, forward_cost, model_fn
+from ..flow.seeds import step_generator
 from ..parts import Parts, build_encoders, build_parts
-from .pipeline import Pipeline, SamplingOptions
-from .seeds import step_generator
+from ..sampling import Pipeline, SamplerSettings
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
@@ -118,10 +117,10 @@ class JointFlowModule(L.LightningModule):
         source = self.ema if use_ema else self.trainable()
         text_encoder, autoencoder = self.encoders()
         text = source["text_encoder"] if "text_encoder" in source else text_encoder
-        # the configured prompt suffix and negative prompt; never a *-true precision (it would cast the weights
-        # still training), and no compiling for the occasional preview
-        options = replace(SamplingOptions.from_config(self.cfg.sampler), precision="auto", compile=False)
-        return Pipeline(source["model"], text, autoencoder, self.flow, self.cfg.latent_size, options)
+        # the configured sampler, but never a *-true precision (it would cast the weights still training), and no
+        # compiling for the occasional preview
+        return Pipeline(source["model"], text, autoencoder, self.flow, self.cfg.latent_size,
+                        SamplerSettings.from_config(self.cfg, precision="auto", compile=False))
 
     def configure_model(self) -> None:
         """FSDP2 (trainer.strategy=fsdp): shard every block, then each trainable root, on the data-parallel mesh."""

@@ -64,11 +64,11 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         """Lightning's distributed load, with torch's reader kept from unpickling anything (see
-        checkpoint_files.safe_dcp_loading); the non-tensor rest (meta.pt) is read weights_only."""
+        nami.artifacts.files.safe_dcp_loading); the non-tensor rest (meta.pt) is read weights_only."""
         from torch.distributed.checkpoint.api import CheckpointException
 
+        from ..artifacts.files import safe_dcp_loading
         from ..config import ConfigError
-        from .checkpoint_files import safe_dcp_loading
 
         try:
             with safe_dcp_loading():

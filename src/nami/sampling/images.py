@@ -27,17 +27,19 @@ def zoom(images: torch.Tensor, min_side: int = 128) -> torch.Tensor:
 
 
 def stage_panels(result: SampleResult, i: int, starts: bool = True) -> list[tuple[str, torch.Tensor]]:
-    """Image i coarse to fine as (title, image) panels: per stage its bridged start (stages > 0, with `starts`),
-    its end and, beside the end of every stage but the last, the clean image predicted at its last model call
-    (the ends of early stages are mostly noise; the predictions show what they already fixed)."""
-    last = len(result.stage_ends) - 1
+    """Image i coarse to fine as (title, image) panels from a result sampled with keep_stages: per stage its
+    bridged start (stages > 0, with `starts`), its end and, beside the end of every stage but the last, the clean
+    image predicted at its last model call (the ends of early stages are mostly noise; the predictions show what
+    they already fixed)."""
+    stages = result.stages
+    last = len(stages.stage_ends) - 1
     panels = []
-    for k, end in enumerate(result.stage_ends):
+    for k, end in enumerate(stages.stage_ends):
         if k > 0 and starts:
-            panels.append((f"stage {k} start", result.stage_starts[k][i]))
+            panels.append((f"stage {k} start", stages.stage_starts[k][i]))
         panels.append((f"stage {k} end" if k < last else f"stage {k} (final)", end[i]))
-        if k < last and result.stage_predictions:
-            panels.append((f"stage {k} x0 pred", result.stage_predictions[k][i]))
+        if k < last and stages.stage_predictions:
+            panels.append((f"stage {k} x0 pred", stages.stage_predictions[k][i]))
     return panels
 
 
@@ -69,24 +71,8 @@ def captioned_grid(rows: torch.Tensor, captions: list[str], headers: tuple[str, 
     return pil_to_tensor(canvas).float() / 255
 
 
-def fresh_directory(base: Path) -> Path:
-    """base/0001, base/0002, ...: the first that does not exist yet, made now (so earlier samples stay as
-    they were and two calls never share a directory)."""
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
-    number = max(taken, default=0) + 1
-    while True:
-        path = base / f"{number:04d}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:  # another call took it in the meantime
-            number += 1
-
-
 def write_samples(result: SampleResult, prompts: list[str], out: Path, stages: bool = False) -> list[Path]:
-    """Into `out` (best a `fresh_directory`): NNN-<prompt>.png per image (native resolution), with `stages`
+    """Into `out` (best a `nami.artifacts.files.numbered_directory`): NNN-<prompt>.png per image (native resolution), with `stages`
     NNN-<prompt>-stages.png, and grid.png. Returns every file written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +81,7 @@ def write_samples(result: SampleResult, prompts: list[str], out: Path, stages: b
         path = out / f"{i:03d}-{slug(prompt)}.png"
         save_image((result.images[i].float().cpu() + 1) / 2, path)
         paths.append(path)
-        if stages and result.stage_ends:
+        if stages and result.stages is not None:
             titles = [title for title, _ in stage_panels(result, i)]
             strip_path = out / f"{i:03d}-{slug(prompt)}-stages.png"
             save_image(captioned_grid(stage_strip(result, i)[None], [prompt], titles, cell=128), strip_path)

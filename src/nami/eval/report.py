@@ -1,4 +1,5 @@
-"""`nami eval`: sample the fixed GenEval-Shapes prompt set and score it (plus FID / CLIPScore with weights)."""
+"""`nami eval` and the evaluations during training: sample the fixed GenEval-Shapes prompt set with a sampling
+`Pipeline` and score it (plus FID / CLIPScore with weights)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import time
 import numpy as np
 import torch
 
-from ..eval import clip_score, evaluate, fid_score, prompt_set, prompts_per_category
-from .inference import ProgressiveInferenceModule, predict
+from .geneval import evaluate, prompt_set, prompts_per_category
+from .metrics import clip_score, fid_score
 
 
 def prompt_set_identity(specs: list[dict], name: str, seed: int) -> dict:
@@ -28,7 +29,7 @@ def score_images(cfg, specs: list[dict], images, set_name: str | None = None) ->
     """GenEval-Shapes scores of images sampled for `specs` (per category, overall, their standard errors,
     per-image results), the prompt set's identity, and FID / CLIPScore when configured (None otherwise, with
     a line in `notices`). The one scoring path of `nami eval` and of the evaluation during training."""
-    from nami.eval.shapes import render
+    from .shapes import render
 
     captions = [s["caption"] for s in specs]
     report = evaluate(images, specs)
@@ -48,25 +49,26 @@ def score_images(cfg, specs: list[dict], images, set_name: str | None = None) ->
     return report
 
 
-def evaluate_module(module: ProgressiveInferenceModule, per_category: int | None = None, progress: bool = True) -> dict:
+def evaluate_pipeline(pipeline, cfg, per_category: int | None = None, progress: bool = True) -> dict:
     """Category scores, overall (mean of the six), their binomial standard errors (`stderr`), sampling time,
-    the prompt set's identity (`prompt_set`), and FID / CLIPScore when configured."""
-    cfg = module.cfg
+    the prompt set's identity (`prompt_set`), and FID / CLIPScore when configured. `pipeline` is a
+    `nami.sampling.Pipeline` over the weights to score; it samples with its own settings."""
     count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
     specs = prompt_set(count, cfg.eval.seed, cfg.resolution)
     captions = [s["caption"] for s in specs]
     start = time.perf_counter()
-    images = predict(module, captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
+    images = pipeline.sample(captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
     sampling_s = time.perf_counter() - start
     report = score_images(cfg, specs, images)
-    report.update(images=len(specs), sampling_s=sampling_s, mode=cfg.sampler.mode, steps=cfg.sampler.steps_for(),
-                  guidance=cfg.sampler.guidance)  # fmt: skip
+    settings = pipeline.settings
+    report.update(images=len(specs), sampling_s=sampling_s, mode=settings.mode, steps=settings.steps_for(),
+                  guidance=settings.guidance)  # fmt: skip
     return report
 
 
 def format_eval(report: dict) -> str:
     """Human-readable scores (per-image results stay in the JSON)."""
-    from nami.eval.shapes import CATEGORIES
+    from .shapes import CATEGORIES
 
     lines = [f"GenEval-Shapes, {report['images']} images ({report['mode']}, steps {report['steps']}, "
              f"guidance {report['guidance']}, sampled in {report['sampling_s']:.1f}s); "

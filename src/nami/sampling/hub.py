@@ -3,7 +3,7 @@
 
 Built on `huggingface_hub.ModelHubMixin`, which brings the Hub side for free: `from_pretrained` takes a local
 directory or a hub id (downloaded once into the HF cache, offline afterwards), `push_to_hub` uploads, and
-the model card's front matter is the Hub's. The layout itself is the kit's (model_dir.py): the mixin's own
+the model card's front matter is the Hub's. The layout itself is the kit's (`nami.artifacts.model_dir`): the mixin's own
 writer would put the mixin's init arguments into config.json and PyTorchModelHubMixin one module's state dict
 into model.safetensors, while a model directory holds the kit's config, the EMA weights and the bridge.
 Two mixin behaviours are changed on purpose: `save_pretrained` refuses a non-empty directory (the mixin
@@ -20,22 +20,12 @@ import torch
 from huggingface_hub import ModelHubMixin, snapshot_download
 from PIL import Image
 
+from ..artifacts import layout
+from ..artifacts.files import refuse_nonempty
+from ..artifacts.model_dir import config_json, model_card, model_dir_config, read_config_json, write_model_dir
 from ..config import ConfigError, NamiConfig
-from ..parts import Parts
-from .inference import ProgressiveInferenceModule, trained_parts
-from .model_dir import (
-    BRIDGES_FILE,
-    CARD_FILE,
-    CONFIG_JSON,
-    MODEL_FILE,
-    config_json,
-    model_card,
-    model_dir_config,
-    read_config_json,
-    refuse_existing,
-    write_model_dir,
-)
-from .pipeline import SampleResult
+from ..parts import Parts, build_parts, trained_parts
+from .pipeline import Pipeline, SampleResult
 
 KEY = "from_pretrained"
 
@@ -62,68 +52,74 @@ class NamiPipeline(
 
     `steps` is one count for every stage or a list (one per stage); `steps`, `guidance` and `mode` default to
     the model's sampler settings. Prompt i samples with seed + i, as in `nami sample`, so an image depends on
-    its seed only. `pipe.module` is the `ProgressiveInferenceModule` (`nami eval`'s scorer takes it).
+    its seed only. `pipe.pipeline` is the `nami.sampling.Pipeline` (`nami eval`'s scorer takes it).
     """
 
     def __init__(self, config: NamiConfig, parts: Parts | None = None, training: dict | None = None):
         self.config = config
-        self.module = ProgressiveInferenceModule(config, parts).eval()
+        parts = parts if parts is not None else build_parts(config, fitted=False)
+        for module in (parts.model, parts.text_encoder, parts.bridge):
+            module.eval().requires_grad_(False)
+        self.parts = parts
         self.training = dict(training or {})  # provenance from config.json: step, source, eval, training config
-        self._pipeline = None
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The sampling pipeline, built once (it may cast the model for a *-true precision, and compile it)."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline.from_config(self.parts, self.config)
+        return self._pipeline
 
     # ---- sampling -------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.module.device
+        return next(self.parts.model.parameters()).device
 
     def to(self, device: str | torch.device) -> "NamiPipeline":
-        self.module.to(device)
+        self.pipeline.to(device)
         return self
 
-    def _steps(self, steps: int | list[int] | None, mode: str) -> list[int]:
-        if steps is None:
-            return self.config.sampler.steps_for(mode)
+    def _steps(self, steps: int | list[int] | None, mode: str) -> list[int] | None:
         if isinstance(steps, int):
             return [steps] * (1 if mode == "uniform" else self.config.num_stages)
-        return list(steps)
+        return None if steps is None else list(steps)
 
     @torch.no_grad()
     def sample(self, prompts: str | list[str], steps: int | list[int] | None = None, guidance: float | None = None,
-               seed: int | list[int] = 0, mode: str | None = None,
-               keep_stages: bool = False) -> SampleResult:  # fmt: skip
-        """Images in [-1, 1] as tensors (and, with keep_stages, every stage's start, end and prediction)."""
+               seed: int | list[int] = 0, mode: str | None = None, keep_stages: bool = False,
+               latents: torch.Tensor | None = None) -> SampleResult:  # fmt: skip
+        """Images in [-1, 1] as tensors (and, with keep_stages, every stage's start, end and prediction).
+        `latents`: initial latents (stage 0's or full size) instead of the seeds' noise."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        s = self.config.sampler
-        mode = mode or s.mode
-        if self._pipeline is None:  # built once: it may cast the model (*-true precisions) and compile it
-            self._pipeline = self.module.pipeline()
-        return self._pipeline.sample(prompts, self._steps(steps, mode), s.guidance if guidance is None else guidance,
-                                     seed=seed, mode=mode, keep_stages=keep_stages,
-                                     dtype=self.module.sampling_dtype())  # fmt: skip
+        mode = mode or self.config.sampler.mode
+        return self.pipeline.sample(prompts, self._steps(steps, mode), guidance, seed=seed, mode=mode,
+                                    keep_stages=keep_stages, latents=latents)  # fmt: skip
 
     def __call__(self, prompts: str | list[str], steps: int | list[int] | None = None, guidance: float | None = None,
-                 seed: int | list[int] = 0, mode: str | None = None) -> list[Image.Image]:  # fmt: skip
+                 seed: int | list[int] = 0, mode: str | None = None,
+                 latents: torch.Tensor | None = None) -> list[Image.Image]:  # fmt: skip
         """One PIL image per prompt."""
-        return to_pil(self.sample(prompts, steps, guidance, seed, mode).images)
+        return to_pil(self.sample(prompts, steps, guidance, seed, mode, latents=latents).images)
 
     # ---- the model directory --------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors of model.safetensors: the MM-DiT, and the text encoder when it is trained."""
-        parts = {"model": self.module.model}
-        if self.module.text_encoder.trainable:
-            parts["text_encoder"] = self.module.text_encoder
+        parts = {"model": self.parts.model}
+        if self.parts.text_encoder.trainable:
+            parts["text_encoder"] = self.parts.text_encoder
         return {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> str | None:
         """Write the model directory (config.json, model.safetensors, bridges.safetensors, README.md) into a new
         or empty `save_directory`; a non-empty one is refused. Hub options (push_to_hub=True, repo_id) as in
         `huggingface_hub.ModelHubMixin.save_pretrained`."""
-        refuse_existing(Path(save_directory), "save_directory")
+        refuse_nonempty(Path(save_directory), "save_directory")
         return super().save_pretrained(save_directory, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         data = config_json(self.config, self.training)
-        write_model_dir(save_directory, data, self.weights(), self.module.bridge, key="save_directory")
+        write_model_dir(save_directory, data, self.weights(), self.parts.bridge, key="save_directory")
 
     def generate_model_card(self, *args, **kwargs):
         return model_card(config_json(self.config, self.training), self._hub_mixin_info.model_card_data)
@@ -154,7 +150,7 @@ class NamiPipeline(
             directory = Path(snapshot_download(
                 repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
                 local_files_only=local_files_only, token=token,
-                allow_patterns=[CONFIG_JSON, MODEL_FILE, BRIDGES_FILE, CARD_FILE],
+                allow_patterns=[layout.MODEL_CONFIG, layout.MODEL_WEIGHTS, layout.BRIDGES, layout.MODEL_CARD],
             ))  # fmt: skip
         cfg = model_dir_config(directory, None, overrides, KEY)
         parts, _ = trained_parts(cfg, directory)

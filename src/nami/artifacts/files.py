@@ -1,4 +1,5 @@
-"""Reading the checkpoints and weights users hand the kit, without running anything they contain.
+"""Reading the checkpoints and weights users hand the kit without running anything they contain, and writing
+files and directories so that a crash never leaves half of one.
 
 Files are data. Weights come from safetensors or from `torch.load(weights_only=True)`. An FSDP checkpoint
 (a torch.distributed.checkpoint directory) is a pickled `.metadata` index plus shard files; torch's own reader
@@ -11,8 +12,9 @@ Every failure is one `ConfigError` line naming the file.
 from __future__ import annotations
 
 import io
+import os
 import pickle
-import re
+import shutil
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,68 +160,6 @@ def safe_dcp_loading():
         filesystem.FileSystemReader.read_metadata, default_planner.DefaultLoadPlanner.load_bytes = saved
 
 
-CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
-
-
-def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete step checkpoints in `folder`, oldest first."""
-    found = [(int(m.group(1)), p) for p in Path(folder).glob("step*.ckpt") if (m := CHECKPOINT_NAME.match(p.name))]
-    return sorted(found)
-
-
-def weights_step(path: Path) -> int | None:
-    """The training step a weights file or step checkpoint holds (safetensors metadata or the file's name)."""
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                step = (handle.metadata() or {}).get("step")
-        except (SafetensorError, OSError):
-            return None
-        return int(step) if step is not None and step.isdigit() else None
-    match = CHECKPOINT_NAME.match(path.name)
-    return int(match.group(1)) if match else None
-
-
-def run_weights_file(run_dir: Path, key: str = "--ckpt") -> Path:
-    """The weights a run directory stands for: whichever of weights.safetensors and its newest step checkpoint
-    holds the later step (weights.safetensors on a tie: no checkpoint to open), so a resumed run's newer
-    checkpoints are not shadowed by an older weights file."""
-    candidates = [(s, 1, p) for s, p in step_checkpoints(run_dir / "checkpoints")]
-    weights = run_dir / "weights.safetensors"
-    if weights.is_file():
-        candidates.append((weights_step(weights) or -1, 2, weights))
-    if not candidates:
-        raise ConfigError(key, f"{run_dir} holds neither weights.safetensors, model.safetensors nor "
-                               "checkpoints/step*.ckpt")  # fmt: skip
-    return max(candidates)[2]
-
-
-def read_weights(path: Path, key: str = "--ckpt") -> tuple[dict[str, torch.Tensor], Path]:
-    """(flat state dict, run directory) from a run directory, a model directory, weights.safetensors, a .ckpt
-    file or a distributed (FSDP) .ckpt directory. Lightning checkpoints give their EMA weights."""
-    if path.is_dir() and not (path / ".metadata").exists():  # a model directory (`nami export`) or a run one
-        if (path / "model.safetensors").is_file():
-            return read_weights(path / "model.safetensors", key)
-        return read_weights(run_weights_file(path, key), key)
-    if not path.exists():
-        raise ConfigError(key, f"not found: {path}")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if path.suffix == ".safetensors":
-        return load_safetensors(path, key), path.parent
-    if path.is_dir():
-        names = read_dcp_tensors(path, lambda fqn: fqn.startswith("state_dict."), key)
-        state = {fqn[len("state_dict.") :]: t for fqn, t in names.items()}
-    else:
-        state = load_torch_file(path, key).get("state_dict")
-        if not isinstance(state, dict):
-            raise ConfigError(key, f"{path} is a PyTorch file but not a Lightning checkpoint (no state_dict)")
-    if any(k.startswith("ema.") for k in state):
-        weights = {k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")}
-    else:
-        weights = {k: v for k, v in state.items() if k.startswith(("model.", "text_encoder."))}
-    return weights, run_dir
-
-
 def load_weights_into(part: nn.Module, state: dict[str, torch.Tensor], source: Path, what: str, key: str = "--ckpt"):
     """Load `state` into `part` after checking every name and shape: a checkpoint of another size is one line
     naming the first tensor that differs, not a size-mismatch traceback."""
@@ -240,3 +180,68 @@ def load_weights_into(part: nn.Module, state: dict[str, torch.Tensor], source: P
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+def refuse_nonempty(out: Path, key: str) -> None:
+    """The one rule for outputs that must not replace anything: `out` is new, or an empty directory."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(key, f"{out} already exists and is not empty; name a new directory")
+
+
+@contextmanager
+def directory_in_place(out: Path, key: str):
+    """Yields a hidden sibling directory to fill; on success it is renamed to `out` (new or empty), on any
+    failure removed, so no half-written directory is ever visible under `out`. An OSError (a full disk, a
+    read-only file system) becomes one ConfigError line naming `out`."""
+    out = Path(out)
+    refuse_nonempty(out, key)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)  # a leftover of this process id's earlier crash
+        partial.mkdir()
+        yield partial
+        os.rename(partial, out)  # POSIX: replaces `out` only if it is an empty directory
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ConfigError(key, f"cannot write {out} ({err.strerror or err})") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """`write(partial)` into a hidden sibling of `path`, then rename it over `path`: readers see the old file or
+    the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def numbered_directory(base: Path, key: str = "--out") -> Path:
+    """base/0001, base/0002, ...: the first number above every existing one, made now (before any work, so a bad
+    `base` costs nothing), so earlier outputs (samples, exports) stay as they were and two calls never share a
+    directory."""
+    base = Path(base)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(key, f"cannot make the output directory {base} ({err.strerror or err})") from None
+    taken = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        path = base / f"{number:04d}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another call took it in the meantime
+            number += 1

@@ -18,19 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import safe_open
 
 from ..bridges import BridgeFlow, bridge_from_config
-from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
-from ..parts import fitted_bridge
-from .checkpoint_files import (load_torch_file, load_weights_into, read_dcp_tensors, read_weights,
-                               run_weights_file, step_checkpoints, weights_step)
-from .images import fresh_directory
-from .model_dir import MODEL_FILE, config_json, is_model_dir, read_config_json, write_model_dir
-from .run_dirs import CONFIG_FILE
-
-EXPORT_DIR = "export"
+from ..config import ConfigError, NamiConfig, to_dict
+from . import layout
+from .files import load_torch_file, load_weights_into, numbered_directory, read_dcp_tensors
+from .model_dir import config_json, is_model_dir, read_config_json, write_model_dir
+from .run_dir import RunDir
+from .weights import fitted_bridge, read_weights
 
 
 @dataclass
@@ -38,28 +34,6 @@ class Export:
     path: Path
     step: int | None
     written: bool  # False: the newest export already held exactly these weights
-
-
-def newest_weights_file(source: Path) -> Path:
-    """The weights to export from `source`: the file (or FSDP checkpoint directory) itself, or what a run
-    directory stands for (`run_weights_file`)."""
-    if not source.exists():
-        raise ConfigError("RUN", f"not found: {source}")
-    if not source.is_dir() or (source / ".metadata").exists():
-        return source
-    return run_weights_file(source, "RUN")
-
-
-def run_config(run_dir: Path) -> NamiConfig:
-    """The config a run directory recorded when it was made (config.yaml)."""
-    file = run_dir / CONFIG_FILE
-    if not file.is_file():
-        raise ConfigError("RUN", f"{run_dir} has no {CONFIG_FILE}: export needs the config the run recorded")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(str(file), f"not valid YAML ({str(err).splitlines()[0]})") from None
-    return config_from_dict(data)
 
 
 def _checkpoint_bridge_state(path: Path) -> dict[str, torch.Tensor]:
@@ -71,24 +45,24 @@ def _checkpoint_bridge_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("bridge.") :]: v for k, v in state.items() if k.startswith("bridge.")}
 
 
-def run_bridge(cfg: NamiConfig, run_dir: Path, weights_file: Path) -> BridgeFlow:
+def run_bridge(cfg: NamiConfig, run: RunDir, weights_file: Path) -> BridgeFlow:
     """The bridge the run trained with: from its checkpoint (the exported one, else the newest), else the fitted
     bridge the config points at (bridge.weights, or RUN/bridges.safetensors)."""
     bridge = bridge_from_config(cfg)
     if not bridge.learnable:
         return bridge
-    checkpoints = [p for _, p in step_checkpoints(run_dir / "checkpoints")]
+    checkpoints = [p for _, p in run.step_checkpoints()]
     source = weights_file if weights_file.suffix != ".safetensors" else (checkpoints[-1] if checkpoints else None)
     state = _checkpoint_bridge_state(source) if source is not None else {}
     if not state:
-        return fitted_bridge(cfg, run_dir)
+        return fitted_bridge(cfg, run.path)
     load_weights_into(bridge, state, source, "bridge", key="RUN")
     return bridge
 
 
 def eval_scores(run_dir: Path, step: int | None) -> dict | None:
     """{"step", "scores"} of the latest eval/* scalars in RUN/tb at or before `step` (None: none logged)."""
-    files = sorted((run_dir / "tb").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    files = sorted((run_dir / layout.TENSORBOARD).glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
     if not files:
         return None
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -110,16 +84,15 @@ def eval_scores(run_dir: Path, step: int | None) -> dict | None:
 
 
 def _holds_same_weights(directory: Path, weights: dict[str, torch.Tensor]) -> bool:
-    file = directory / MODEL_FILE
-    with safe_open(str(file), framework="pt") as handle:
+    with safe_open(str(directory / layout.MODEL_WEIGHTS), framework="pt") as handle:
         if set(handle.keys()) != set(weights):
             return False
         return all(torch.equal(handle.get_tensor(k), t.detach().float().cpu()) for k, t in weights.items())
 
 
-def newest_export(run_dir: Path) -> Path | None:
+def newest_export(run: RunDir) -> Path | None:
     """RUN/export/NNNN with the highest number that is a model directory."""
-    numbered = [p for p in (Path(run_dir) / EXPORT_DIR).glob("[0-9]*") if p.name.isdigit() and is_model_dir(p)]
+    numbered = [p for p in run.exports.glob("[0-9]*") if p.name.isdigit() and is_model_dir(p)]
     return max(numbered, key=lambda p: int(p.name)) if numbered else None
 
 
@@ -127,33 +100,34 @@ def export_run(source: str | Path, out: str | Path | None = None, cfg: NamiConfi
                bridge: BridgeFlow | None = None) -> Export:  # fmt: skip
     """Write the model directory of a run (a run directory, or one of its checkpoints / weights files).
     `cfg` and `bridge` default to the run's recorded config and the bridge it trained with."""
-    weights_file = newest_weights_file(Path(source))
-    weights, run_dir = read_weights(weights_file, "RUN")
-    cfg = cfg if cfg is not None else run_config(run_dir)
-    step = weights_step(weights_file)
+    if not Path(source).exists():
+        raise ConfigError("RUN", f"not found: {source}")
+    weights = read_weights(source, "RUN")
+    run = RunDir(weights.directory)
+    cfg = cfg if cfg is not None else run.config()
+    step = weights.step
     if out is None:
-        previous = newest_export(run_dir)
+        previous = newest_export(run)
         if previous is not None and read_config_json(previous).get("_training", {}).get("step") == step \
-                and _holds_same_weights(previous, weights):  # fmt: skip
+                and _holds_same_weights(previous, weights.tensors):  # fmt: skip
             return Export(previous, step, written=False)
-    bridge = bridge if bridge is not None else run_bridge(cfg, run_dir, weights_file)
+    bridge = bridge if bridge is not None else run_bridge(cfg, run, weights.source)
     try:
-        source_name = str(weights_file.resolve().relative_to(run_dir.resolve()))
+        source_name = str(weights.source.resolve().relative_to(run.path.resolve()))
     except ValueError:
-        source_name = str(weights_file)
-    training = {"step": step, "source": source_name, "eval": eval_scores(run_dir, step), "config": to_dict(cfg)}
-    target = Path(out) if out is not None else fresh_directory(run_dir / EXPORT_DIR)
-    write_model_dir(target, config_json(cfg, training), weights, bridge, key="--out")
+        source_name = str(weights.source)
+    training = {"step": step, "source": source_name, "eval": eval_scores(run.path, step), "config": to_dict(cfg)}
+    target = Path(out) if out is not None else numbered_directory(run.exports)
+    write_model_dir(target, config_json(cfg, training), weights.tensors, bridge, key="--out")
     return Export(target, step, written=True)
 
 
-def export_at_end_of_training(run_dir: Path, cfg: NamiConfig, bridge: BridgeFlow) -> Export | None:
+def export_at_end_of_training(run: RunDir, cfg: NamiConfig, bridge: BridgeFlow) -> Export | None:
     """The runner's export after training (rank 0): RUN/export/NNNN. A failure here is reported, not raised:
     the run itself (checkpoints, weights.safetensors) is complete and `nami export` can be run again."""
     try:
-        return export_run(run_dir, cfg=cfg, bridge=bridge)
+        return export_run(run.path, cfg=cfg, bridge=bridge)
     except (ConfigError, OSError) as err:
         print(f"nami: warning: the run finished but its model directory was not written ({err}); "
-              f"run `nami export {run_dir}`", file=sys.stderr)  # fmt: skip
+              f"run `nami export {run.path}`", file=sys.stderr)  # fmt: skip
         return None
-

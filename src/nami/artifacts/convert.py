@@ -1,10 +1,11 @@
 """`nami convert official`: the released NAMI-2B checkpoint <-> a directory `nami sample --ckpt` reads.
 
 Forward: the release's transformer state dict (diffusers Flux layout, .bin / .pt / .safetensors) and its
-bridge_flow.bin become DIR/weights.safetensors ("model." keys, as training exports them),
-DIR/bridges.safetensors (`scalar_bias`) and DIR/config.yaml (the resolved config). Reverse: a kit model
-directory becomes DIR/transformer/pytorch_model_fsdp.bin and DIR/bridge_flow.bin, the file names the
-release's inference code loads.
+bridge_flow.bin become a model directory (`model_dir.py`: config.json, model.safetensors with "model." keys,
+bridges.safetensors holding the `scalar_bias` bridge, README.md). Reverse: the weights a kit directory stands
+for (`weights.weights_source`: a model directory, a run directory, a weights file or a checkpoint) become
+DIR/transformer/pytorch_model_fsdp.bin and DIR/bridge_flow.bin, the file names the release's inference code
+loads.
 
 Every key and shape is checked against the config before anything is written; the first fault is one
 `ConfigError` line. The key mapping itself is `nami.models.official` (pure, meta-tensor safe).
@@ -16,11 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import save_file
 
-from ..bridges import BridgeFlow, bridge_from_config, load_bridges, save_bridges
-from ..config import ConfigError, NamiConfig, to_dict
+from ..bridges import BridgeFlow, bridge_from_config, load_bridges
+from ..config import ConfigError, NamiConfig
 from ..models import build_model
 from ..models.official import (
     check_keys,
@@ -29,7 +28,10 @@ from ..models.official import (
     official_bridge_to_kit,
     official_to_kit,
 )
-from .checkpoint_files import load_safetensors, load_torch_file
+from . import layout
+from .files import load_safetensors, load_torch_file, refuse_nonempty
+from .model_dir import config_json, write_model_dir
+from .weights import read_weights
 
 # What the release's folders hold, in the order a directory given as --transformer is searched.
 OFFICIAL_TRANSFORMER_FILES = ("pytorch_model_fsdp.bin", "diffusion_pytorch_model.safetensors",
@@ -94,54 +96,36 @@ def official_bridge(cfg: NamiConfig, state: dict[str, torch.Tensor], source: str
     return bridge
 
 
-def refuse_existing(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError("--out", f"{out} already exists and is not empty; name a new directory")
-
-
 def convert_official(cfg: NamiConfig, transformer: str | Path, bridge: str | Path,
                      out: str | Path) -> ConvertReport:  # fmt: skip
-    """Release checkpoint -> DIR/weights.safetensors, DIR/bridges.safetensors, DIR/config.yaml."""
+    """Release checkpoint -> a model directory at `out` (new or empty)."""
     out = Path(out)
-    refuse_existing(out)
-    state, path = read_tensors(transformer, "--transformer")
-    weights = official_transformer_to_kit(cfg, state, "--transformer", str(path))
-    state, path = read_tensors(bridge, "--bridge")
-    fitted = official_bridge(cfg, state, "--bridge", str(path))
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "weights.safetensors", out / "bridges.safetensors", out / "config.yaml"]
-    save_file({f"model.{k}": v.contiguous() for k, v in weights.items()}, str(files[0]),
-              metadata={"format": "nami-weights", "source": "official NAMI-2B layout"})  # fmt: skip
-    save_bridges(fitted, files[1])
-    files[2].write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    refuse_nonempty(out, "--out")
+    state, transformer_file = read_tensors(transformer, "--transformer")
+    weights = official_transformer_to_kit(cfg, state, "--transformer", str(transformer_file))
+    state, bridge_file = read_tensors(bridge, "--bridge")
+    fitted = official_bridge(cfg, state, "--bridge", str(bridge_file))
+    training = {"step": None, "source": f"the released NAMI-2B ({transformer_file}, {bridge_file})"}
+    write_model_dir(out, config_json(cfg, training), {f"model.{k}": v for k, v in weights.items()}, fitted)
+    files = [out / name for name in (layout.MODEL_WEIGHTS, layout.BRIDGES, layout.MODEL_CONFIG, layout.MODEL_CARD)]
     return ConvertReport(sum(v.numel() for v in weights.values()), files)
-
-
-def _kit_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The "model." tensors of a kit weights.safetensors (or a directory holding one), and the file read."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "weights.safetensors"
-    if not path.is_file():
-        raise ConfigError("--transformer", f"file not found: {path} (weights.safetensors or its directory)")
-    state = load_safetensors(path, "--transformer")
-    other = next((k for k in state if not k.startswith("model.")), None)
-    if other is not None:
-        raise ConfigError("--transformer", f"{path} holds {other}; the official layout has the MM-DiT only")
-    return {k[len("model.") :]: v for k, v in state.items()}, path
 
 
 def convert_to_official(cfg: NamiConfig, weights: str | Path, bridge: str | Path | None,
                         out: str | Path) -> ConvertReport:  # fmt: skip
-    """Kit weights (+ bridges.safetensors, default beside them) -> the release's file layout under `out`."""
+    """Kit weights (+ bridges.safetensors, default: the weights' directory's) -> the release's file layout."""
     out = Path(out)
-    refuse_existing(out)
-    state, path = _kit_weights(weights)
-    check_keys(state, _model_shapes(cfg), "--transformer", str(path), f"the {cfg.name} model")
+    refuse_nonempty(out, "--out")
+    found = read_weights(weights, "--transformer")
+    other = next((k for k in found.tensors if not k.startswith("model.")), None)
+    if other is not None:
+        raise ConfigError("--transformer", f"{found.source} holds {other}; the official layout has the MM-DiT only")
+    state = found.part("model")
+    check_keys(state, _model_shapes(cfg), "--transformer", str(found.source), f"the {cfg.name} model")
     if cfg.bridge.kind != "scalar_bias":
         raise ConfigError("bridge.kind", f"the official layout holds a scalar_bias bridge, the config says "
                                          f"{cfg.bridge.kind}")  # fmt: skip
-    bridge_path = Path(bridge) if bridge else path.parent / "bridges.safetensors"
+    bridge_path = Path(bridge) if bridge else found.directory / layout.BRIDGES
     fitted = load_bridges(bridge_from_config(cfg), bridge_path, "--bridge")
     # clone: each tensor its own storage, as in the release's files (split views would share the fused one)
     official = {k: v.clone() for k, v in kit_to_official(state, *_blocks(cfg)).items()}

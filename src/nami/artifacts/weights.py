@@ -1,0 +1,172 @@
+"""Which weights a path stands for, and reading them: the one rule behind `--ckpt`, `trainer.init_from`,
+`nami export` and `nami convert official --reverse`.
+
+A path may be
+- a model directory (config.json + model.safetensors): its model.safetensors;
+- a run directory (or a directory `nami convert official` wrote before model directories existed): whichever of
+  weights.safetensors and its newest step checkpoint holds the later step (weights.safetensors on a tie), so a
+  resumed run's newer checkpoints are never shadowed by an older weights file;
+- a weights file (.safetensors), a Lightning checkpoint (.ckpt) or an FSDP checkpoint directory: itself.
+Lightning checkpoints give their EMA weights. Every file is read as data (`files.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..config import ConfigError, NamiConfig
+from .files import load_safetensors, load_torch_file, load_weights_into, read_dcp_tensors
+from .layout import BRIDGES, CHECKPOINTS, MODEL_CONFIG, MODEL_WEIGHTS, RUN_WEIGHTS
+
+CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step{step:08d}.ckpt"
+
+
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete step checkpoints in `folder`, oldest first."""
+    found = [(int(m.group(1)), p) for p in Path(folder).glob("step*.ckpt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return sorted(found)
+
+
+def weights_step(path: Path) -> int | None:
+    """The training step a weights file or step checkpoint holds (safetensors metadata, or the file's name)."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                step = (handle.metadata() or {}).get("step")
+        except (SafetensorError, OSError):
+            return None
+        return int(step) if step is not None and step.isascii() and step.isdigit() else None
+    match = CHECKPOINT_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def is_model_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / MODEL_CONFIG).is_file() and (path / MODEL_WEIGHTS).is_file()
+
+
+def weights_source(path: str | Path, key: str = "--ckpt") -> Path:
+    """The file (or FSDP checkpoint directory) holding the weights `path` stands for (module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(key, f"not found: {path}")
+    if not path.is_dir() or (path / ".metadata").exists():
+        return path
+    if is_model_dir(path):
+        return path / MODEL_WEIGHTS
+    candidates = [(step, 1, p) for step, p in step_checkpoints(path / CHECKPOINTS)]
+    if (path / RUN_WEIGHTS).is_file():
+        candidates.append((weights_step(path / RUN_WEIGHTS) or -1, 2, path / RUN_WEIGHTS))
+    if not candidates:
+        raise ConfigError(key, f"{path} holds no weights: neither {MODEL_WEIGHTS} (a model directory), "
+                               f"{RUN_WEIGHTS} nor {CHECKPOINTS}/step*.ckpt (a run directory)")  # fmt: skip
+    return max(candidates)[2]
+
+
+def owner_directory(source: Path) -> Path:
+    """The run or model directory a weights source belongs to (bridges and config live there)."""
+    return source.parent.parent if source.parent.name == CHECKPOINTS else source.parent
+
+
+@dataclass
+class Weights:
+    """A flat state dict ("model.", and "text_encoder." when it trained) and where it came from."""
+
+    tensors: dict[str, torch.Tensor]
+    source: Path  # the file (or FSDP directory) read
+    directory: Path  # the run or model directory it belongs to
+
+    def part(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of one part ("model", "text_encoder"), prefix removed."""
+        return {k[len(name) + 1 :]: v for k, v in self.tensors.items() if k.startswith(f"{name}.")}
+
+    @property
+    def step(self) -> int | None:
+        return weights_step(self.source)
+
+
+def read_weights(path: str | Path, key: str = "--ckpt") -> Weights:
+    """The weights `path` stands for (`weights_source`); a Lightning checkpoint gives its EMA weights."""
+    source = weights_source(path, key)
+    if source.suffix == ".safetensors":
+        return Weights(load_safetensors(source, key), source, owner_directory(source))
+    if source.is_dir():
+        found = read_dcp_tensors(source, lambda fqn: fqn.startswith("state_dict."), key)
+        state = {fqn[len("state_dict.") :]: t for fqn, t in found.items()}
+    else:
+        state = load_torch_file(source, key).get("state_dict")
+        if not isinstance(state, dict):
+            raise ConfigError(key, f"{source} is a PyTorch file but not a Lightning checkpoint (no state_dict)")
+    if any(k.startswith("ema.") for k in state):
+        tensors = {k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")}
+    else:
+        tensors = {k: v for k, v in state.items() if k.startswith(("model.", "text_encoder."))}
+    return Weights(tensors, source, owner_directory(source))
+
+
+def load_parts_weights(weights: Weights, parts: dict[str, torch.nn.Module], key: str = "--ckpt",
+                       text_encoder_optional: bool = False) -> None:  # fmt: skip
+    """Fill each named part ("model", "text_encoder") from `weights` after checking every name and shape. A
+    frozen text encoder is never in training outputs (it comes from its own files); with
+    `text_encoder_optional` a trainable one may be absent too (weights converted from the release hold none:
+    it starts fresh)."""
+    for name, module in parts.items():
+        state = weights.part(name)
+        if not state and name == "text_encoder" and (text_encoder_optional or not module.trainable):
+            continue
+        load_weights_into(module, state, weights.source, name, key)
+
+
+def bridge_weights_path(cfg: NamiConfig, directory: str | Path | None) -> Path | None:
+    """Where the fitted bridge of a run or model directory lives: `bridge.weights`, else
+    <directory>/bridges.safetensors (None with neither)."""
+    if cfg.bridge.weights:
+        return Path(cfg.bridge.weights)
+    return Path(directory) / BRIDGES if directory is not None else None
+
+
+def fitted_bridge(cfg: NamiConfig, directory: str | Path | None):
+    """The configured bridge with its fitted weights (kinds without weights need none)."""
+    from ..bridges import bridge_from_config, load_bridges
+
+    bridge = bridge_from_config(cfg)
+    if not bridge.learnable:
+        return bridge
+    path = bridge_weights_path(cfg, directory)
+    if path is None or not path.is_file():
+        where = f" at {path}" if path is not None else ""
+        raise ConfigError("bridge.weights", f"no fitted {cfg.bridge.kind} bridge{where}: run `nami pretrain-bridge "
+                                            "CONFIG` first (or set bridge.weights=PATH)")  # fmt: skip
+    return load_bridges(bridge, path)
+
+
+# ---- trainer.init_from ---------------------------------------------------------------------------------------
+INIT_KEY = "trainer.init_from"
+
+
+def init_directory(cfg: NamiConfig) -> Path | None:
+    """The directory trainer.init_from's weights belong to (its bridge is the default), checked before any data
+    or model is touched; None without init_from. Optimizer, step and data position start fresh: this is
+    initialisation, not resume (trainer.resume is)."""
+    if not cfg.trainer.init_from:
+        return None
+    return owner_directory(weights_source(cfg.trainer.init_from, INIT_KEY))
+
+
+def load_initial_weights(module, cfg: NamiConfig) -> None:
+    """Fill the module's trainable parts and their EMA copies from trainer.init_from (nothing without it)."""
+    if not cfg.trainer.init_from:
+        return
+    weights = read_weights(cfg.trainer.init_from, INIT_KEY)
+    for name, part in module.trainable().items():
+        for target in (part, module.ema[name]):
+            load_parts_weights(weights, {name: target}, INIT_KEY, text_encoder_optional=True)

@@ -1,0 +1,267 @@
+"""Prompts -> images: the one sampling path of `nami sample`, `nami eval`, the training previews and
+evaluations, the benches, `NamiPipeline` and the notebooks. The math is `PyramidFlow.sample`; this adds
+prompts, seeds, sampler settings, precision, initial latents and decoding.
+
+`SamplerSettings` resolves what `sampler.*` says once (steps per mode, guidance, mode, prompt suffix,
+negative prompt, precision, compile); `Pipeline.from_config(parts, cfg)` builds a pipeline over built parts,
+and callers pass prompts, seeds and optional overrides (steps, guidance, mode, initial `latents`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import SAMPLER_MODES, ConfigError, NamiConfig
+from ..flow import PyramidFlow, SampleTrace, initial_noise, noise_down, up
+from ..models import Autoencoder, NestedMMDiT, TextEmbedding, TextEncoder, model_fn
+from ..parts import Parts
+from .precision import sampling_device, sampling_dtypes
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler a config describes, resolved once. `precision` is sampler.precision: auto (autocast as
+    `trainer_precision` resolves on the sampling device), fp32, bf16-mixed / fp16-mixed (autocast), or
+    bf16-true / fp16-true (weights and activations cast)."""
+
+    steps: tuple[int, ...] = (10, 10, 10)
+    uniform_steps: int = 30
+    guidance: float = 1.0
+    mode: str = "progressive"
+    prompt_suffix: str = ""
+    negative_prompt: str = ""
+    precision: str = "auto"
+    trainer_precision: str = "auto"
+    compile: bool = False  # torch.compile the network on CUDA (see Pipeline.network)
+
+    @classmethod
+    def from_config(cls, cfg: NamiConfig, **overrides) -> "SamplerSettings":
+        """From `sampler.*` and `trainer.precision`; keyword arguments replace single settings."""
+        s = cfg.sampler
+        settings = cls(tuple(s.steps), s.uniform_steps, s.guidance, s.mode, s.prompt_suffix, s.negative_prompt,
+                       s.precision, cfg.trainer.precision, s.compile)  # fmt: skip
+        return replace(settings, **overrides)
+
+    def steps_for(self, mode: str | None = None) -> list[int]:
+        """Euler steps per stage for a mode (default `mode`): uniform is one stage of `uniform_steps`."""
+        return [self.uniform_steps] if (mode or self.mode) == "uniform" else list(self.steps)
+
+    @property
+    def cast_dtype(self) -> torch.dtype | None:
+        """The dtype weights and activations are cast to (the *-true precisions), else None."""
+        return sampling_dtypes(self.precision, self.trainer_precision, torch.device("cpu"))[1]
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        return sampling_dtypes(self.precision, self.trainer_precision, device)[0]
+
+
+@dataclass
+class SampleResult:
+    """Decoded images in [-1, 1] (N, 3, H, W); `trace`, the latents (the final one and, with keep_stages, each
+    stage's start, end and predicted clean latent at its own size); `stages`, with keep_stages, those latents
+    decoded and enlarged to full size (`stages.final` is `images`)."""
+
+    images: torch.Tensor
+    trace: SampleTrace
+    stages: SampleTrace | None = None
+
+    @staticmethod
+    def cat(results: list["SampleResult"]) -> "SampleResult":
+        """Results of consecutive batches as one."""
+        stages = None if results[0].stages is None else _cat_traces([r.stages for r in results])
+        return SampleResult(torch.cat([r.images for r in results]), _cat_traces([r.trace for r in results]), stages)
+
+
+def _cat_traces(traces: list[SampleTrace]) -> SampleTrace:
+    def joined(name: str) -> list[torch.Tensor]:
+        return [torch.cat(parts) for parts in zip(*(getattr(t, name) for t in traces))]
+
+    return SampleTrace(torch.cat([t.final for t in traces]), *(joined(name) for name in _STAGE_FIELDS))
+
+
+_STAGE_FIELDS = ("stage_starts", "stage_ends", "stage_predictions")
+
+
+class Pipeline:
+    """Model, text encoder, autoencoder, flow and sampler settings. The mode picks progressive sampling,
+    progressive without nesting (every block in every stage) or uniform (one stage over the whole path, every
+    block).
+
+    With a *-true precision the pipeline casts the model it is given: hand it a model that only samples, never
+    one still training (training previews use `precision="auto"`)."""
+
+    def __init__(self, model: NestedMMDiT, text_encoder: TextEncoder, autoencoder: Autoencoder, flow: PyramidFlow,
+                 latent_size: int, settings: SamplerSettings | None = None):  # fmt: skip
+        self.model, self.text_encoder, self.autoencoder, self.flow = model, text_encoder, autoencoder, flow
+        self.latent_size = latent_size  # full-stage latent side
+        self.settings = settings or SamplerSettings(steps=(10,) * flow.num_stages)
+        if self.settings.cast_dtype is not None:
+            self.model.to(self.settings.cast_dtype)
+        self._compiled: torch.nn.Module | None = None
+        self.weights_dir = None  # the run or model directory the weights came from (`from_weights`)
+
+    @classmethod
+    def from_config(cls, parts: Parts, cfg: NamiConfig, model: NestedMMDiT | None = None,
+                    text_encoder: TextEncoder | None = None, **settings) -> "Pipeline":  # fmt: skip
+        """Over built parts and the config's sampler; `model` / `text_encoder` stand in for the parts' (e.g. EMA
+        copies), keyword arguments replace single settings (e.g. `precision="auto"` for training previews)."""
+        return cls(model if model is not None else parts.model,
+                   text_encoder if text_encoder is not None else parts.text_encoder, parts.autoencoder, parts.flow,
+                   cfg.latent_size, SamplerSettings.from_config(cfg, **settings))  # fmt: skip
+
+    @classmethod
+    def from_weights(cls, cfg: NamiConfig, path, **settings) -> "Pipeline":
+        """Over the weights `path` stands for (a model or run directory, a weights file or a checkpoint; see
+        `nami.artifacts.weights`) and the bridge that belongs with them, on the device `trainer.accelerator`
+        picks (`sampling_device`). `weights_dir` is the directory the weights came from."""
+        from ..parts import trained_parts
+
+        parts, directory = trained_parts(cfg, path)
+        pipeline = cls.from_config(parts, cfg, **settings).to(sampling_device(cfg.trainer.accelerator))
+        pipeline.weights_dir = directory
+        return pipeline
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "Pipeline":
+        """Move the networks (the frozen encoders included) to `device`."""
+        for module in (self.model, self.text_encoder, self.autoencoder, self.flow.bridge):
+            if isinstance(module, torch.nn.Module):
+                module.to(device)
+        return self
+
+    def network(self) -> torch.nn.Module:
+        """The model as sampling runs it: compiled when `settings.compile` is on and the model is on a CUDA
+        device, else the model itself. One compiled graph per stage shape (dynamic=False; the stage index and
+        its depth are constants to the compiler), built at the first call of each, so a benchmark's warm-up
+        run pays for compiling. On the CPU compiling gains nothing measurable: the switch then warns once and
+        samples eagerly, with identical numbers."""
+        if not self.settings.compile:
+            return self.model
+        if self.device.type != "cuda":
+            if self._compiled is None:
+                warnings.warn("sampler.compile is on but the model is not on a CUDA device: sampling eagerly",
+                              stacklevel=3)  # fmt: skip
+                self._compiled = self.model
+            return self._compiled
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=False)
+        return self._compiled
+
+    def encode_prompts(self, prompts: list[str], guidance: float | None = None) -> TextEmbedding:
+        """The prompts' embeddings (each with the prompt suffix), then as many negative-prompt ones (the empty
+        prompt by default) when guidance needs them."""
+        s = self.settings
+        guidance = s.guidance if guidance is None else guidance
+        texts = [p + s.prompt_suffix for p in prompts]
+        texts += [s.negative_prompt] * len(prompts) if guidance != 1.0 else []
+        return self.text_encoder(texts).to(self.device)
+
+    def flow_for(self, mode: str) -> PyramidFlow:
+        """The flow a mode samples: uniform is one stage over the whole path."""
+        if mode not in SAMPLER_MODES:
+            raise ValueError(f"mode must be one of {SAMPLER_MODES}, got {mode!r}")
+        return self.flow.uniform() if mode == "uniform" else self.flow
+
+    @staticmethod
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        """One generator per image, for its stage-0 noise and then its transitions' noise (renoise, detail)."""
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    def initial_noise(self, generators: list[torch.Generator], num_stages: int) -> torch.Tensor:
+        """Stage-0 noise, one generator per image: an image depends on its seed, not on its batch."""
+        shape = (1, self.autoencoder.channels, self.latent_size, self.latent_size)
+        return torch.cat([initial_noise(shape, num_stages, g) for g in generators]).to(self.device)
+
+    def start_latents(self, latents: torch.Tensor, num_stages: int) -> torch.Tensor:
+        """Given initial latents as stage 0's start: at stage 0's side as they are, at full size pooled as
+        `initial_noise` pools its draw (diffusers pipelines take full-size `latents=`)."""
+        side = self.latent_size // 2 ** (num_stages - 1)
+        if latents.ndim != 4 or latents.shape[1] != self.autoencoder.channels:
+            raise ConfigError("latents", f"need (batch, {self.autoencoder.channels}, side, side), got "
+                                         f"{tuple(latents.shape)}")  # fmt: skip
+        if latents.shape[-1] == latents.shape[-2] == self.latent_size:
+            for _ in range(num_stages - 1):
+                latents = noise_down(latents)
+        elif not latents.shape[-1] == latents.shape[-2] == side:
+            raise ConfigError("latents", f"side {latents.shape[-1]} is neither the full latent side "
+                                         f"{self.latent_size} nor stage 0's {side}")  # fmt: skip
+        return latents.float().to(self.device)
+
+    @torch.no_grad()
+    def denoise(self, text: TextEmbedding, generators: list[torch.Generator], steps: list[int] | None = None,
+                guidance: float | None = None, mode: str | None = None, keep_stages: bool = False,
+                latents: torch.Tensor | None = None) -> SampleTrace:  # fmt: skip
+        """Latents from the text embedding (`encode_prompts`) and one generator per image: the timed part of
+        sampling (no text encoding, no decoding). `latents` replace the generators' stage-0 noise; the
+        generators still draw the transitions' noise, after the stage-0 draw they would have made, so passing
+        the seeds' own noise as `latents` reproduces the seeded sample."""
+        s = self.settings
+        mode = mode or s.mode
+        steps = s.steps_for(mode) if steps is None else list(steps)
+        guidance = s.guidance if guidance is None else guidance
+        flow = self.flow_for(mode)
+        noise = self.initial_noise(generators, flow.num_stages)  # drawn either way: the transitions' noise
+        if latents is not None:  # then comes from the generators as if they had given the start
+            noise = self.start_latents(latents, flow.num_stages)
+        network = model_fn(self.network(), nested=mode == "progressive")
+        text = text.for_attention()  # the one host read of the mask, before the loop
+        cast = s.cast_dtype
+        if cast is not None:  # the model runs in `cast`; the latents and the Euler steps stay in float32
+            text = TextEmbedding(text.states.to(cast), text.mask, text.pooled.to(cast))
+            network = _casting(network, cast)
+        dtype = s.autocast_dtype(self.device)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return flow.sample(network, noise, text, steps, guidance, generators, keep_stages)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], steps: list[int] | None = None, guidance: float | None = None,
+               seed: int | list[int] = 0, mode: str | None = None, keep_stages: bool = False,
+               latents: torch.Tensor | None = None, batch_size: int | None = None,
+               progress: bool = False) -> SampleResult:  # fmt: skip
+        """One image per prompt (seed i = seed + i, or the given list); `batch_size` splits the prompts into
+        batches (an image depends on its seed only, not on its batch), `progress` shows a bar over them."""
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+        size = batch_size or max(len(prompts), 1)
+        results = []
+        starts = range(0, len(prompts), size)
+        for i in tqdm(starts, desc="sampling", unit="batch", disable=not progress or len(starts) < 2, leave=False):
+            chunk = latents[i : i + size] if latents is not None else None
+            results.append(self._sample_batch(prompts[i : i + size], seeds[i : i + size], steps, guidance, mode,
+                                              keep_stages, chunk))  # fmt: skip
+        return SampleResult.cat(results) if len(results) > 1 else results[0]
+
+    def _sample_batch(self, prompts, seeds, steps, guidance, mode, keep_stages, latents) -> SampleResult:
+        text = self.encode_prompts(prompts, guidance)
+        trace = self.denoise(text, self.generators(seeds), steps, guidance, mode, keep_stages, latents)
+        images = self.decode(trace.final)
+        if not keep_stages:
+            return SampleResult(images, trace)
+        views = ([self.decode(self.full_size(z)) for z in getattr(trace, name)] for name in _STAGE_FIELDS)
+        return SampleResult(images, trace, SampleTrace(images, *views))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latents.float()).clamp(-1, 1)
+
+    def full_size(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest-upsample a stage latent to the full latent side (for side-by-side stage views)."""
+        while z.shape[-1] < self.latent_size:
+            z = up(z)
+        return z
+
+
+def _casting(network, dtype: torch.dtype):
+    """The network fed latents in `dtype`, its output returned in float32."""
+
+    def call(z, model_time, k, text):
+        return network(z.to(dtype), model_time, k, text).float()
+
+    return call

@@ -52,13 +52,13 @@ def encode(cfg, out, **kw):
 def first_batch(cfg):
     from data_modules import ShardDataModule
 
-    data = ShardDataModule(cfg)
+    data = ShardDataModule(cfg, mix=parts_flow(cfg).mix)
     return data, next(iter(data.train_dataloader()))
 
 
 def stored_keys(out) -> list[str]:
     """The source keys of every record in the encoded shards, in file order."""
-    from data_modules.encoded import payload_header
+    from data_modules.precomputed import payload_header
 
     keys = []
     for path in sorted(out.glob("*.tar")):
@@ -96,6 +96,9 @@ def test_a_step_from_precomputed_shards_has_the_loss_of_online_encoding(tmp_path
     _, online_batch = first_batch(cfg)
     data, stored_batch = first_batch(pre)
     assert stored_batch.text is not None and online_batch.text is None
+    assert stored_batch.latents and not online_batch.latents and not stored_batch.pooled  # the batch says what it holds
+    assert all(isinstance(t, TextEmbedding) for t in stored_batch.text)
+    assert isinstance(data.unconditional(), TextEmbedding) and data.unconditional().states.shape[0] == 1
     assert stored_batch.keys == online_batch.keys  # the same samples in the same stage groups
     gen = step_generator(cfg.seed, 0, 0)
     dropped = [c == "" for g in online_batch.captions if g for c in parts_flow(cfg).drop_captions(g, gen)]
@@ -154,6 +157,7 @@ def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tin
     pre = precomputed(cfg, tmp_path)
     batches = [next(iter(ShardDataModule(c, joint=False).train_dataloader())) for c in (cfg, pre)]
     assert batches[0].keys == batches[1].keys
+    assert batches[1].latents and not batches[0].latents
     online = BridgePretrainModule(cfg, build_parts(cfg, fitted=False, networks=False))
     stored = BridgePretrainModule(pre)  # no autoencoder: the pairs come from the stored latents
     assert stored.autoencoder is None

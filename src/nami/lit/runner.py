@@ -61,20 +61,20 @@ def _trainer(cfg: NamiConfig, out: Path, logger, callbacks, find_unused: bool = 
     return L.Trainer(**kwargs)
 
 
-def _datamodule(cfg: NamiConfig, joint: bool):
-    from data_modules import ShardDataModule
+def _usable_shards(cfg: NamiConfig):
+    """data.shards resolved, checked and probed for one usable sample: bad inputs stop before any model work."""
+    from data_modules import usable_shards
 
-    data = ShardDataModule(cfg, joint=joint)
-    data.setup("fit")  # resolve data.shards now: a bad path stops before any model is built
-    data.probe()  # and shards without one usable sample
-    return data
+    return usable_shards(cfg)
 
 
 # ---- BridgeFlow pretraining -------------------------------------------------------------------------------
 def pretrain_bridges(cfg: NamiConfig) -> dict:
     """Fit the configured bridge kind; write bridges.safetensors and bridge_report.json. Returns the report."""
     check_device(cfg)
-    data = _datamodule(cfg, joint=False)
+    from data_modules import ShardDataModule
+
+    data = ShardDataModule(cfg, joint=False, shards=_usable_shards(cfg))
     out = claim_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = BridgePretrainModule(cfg, build_parts(cfg, fitted=False, networks=False,
@@ -107,16 +107,20 @@ def stage_can_be_empty(module: JointFlowModule, batch_size: int) -> bool:
 def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) -> Path:
     """Joint multi-resolution flow training (resumable); returns the run directory."""
     check_device(cfg)
-    data = _datamodule(cfg, joint=True)  # bad shards stop here, before anything is written
+    shards = _usable_shards(cfg)  # bad shards stop here, before anything is written
     out = claim_run_dir(cfg)
     ckpt_path = find_checkpoint(cfg.trainer.resume, out / "checkpoints")
     bridge = fitted_bridge(cfg, bridge_dir(cfg, out))  # a missing bridge stops before the model is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.data.precomputed:  # stored latents and text states: no frozen encoder is built or loaded
-        parts = build_parts(cfg, bridge=bridge, encoders=False)
+    from data_modules import ShardDataModule
+
+    # data.precomputed: stored latents and text states, so no frozen encoder is built or loaded
+    parts = build_parts(cfg, bridge=bridge, encoders=not cfg.data.precomputed)
+    data = ShardDataModule(cfg, mix=parts.flow.mix, shards=shards)  # batches split by the flow's own stage mix
+    if cfg.data.precomputed:
         module = module_cls(cfg, parts, unconditional=data.unconditional())
     else:
-        module = module_cls(cfg, build_parts(cfg, bridge=bridge))
+        module = module_cls(cfg, parts)
     load_initial_weights(module, cfg)  # trainer.init_from
     logger = TensorBoardLogger(str(out), name="", version="tb", default_hp_metric=False)
     checkpoints = StepCheckpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_checkpoints)

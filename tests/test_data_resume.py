@@ -88,7 +88,8 @@ def test_changed_worker_count_restarts_with_a_warning(tmp_path):
     cfg = data_cfg(str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=2")
     dm = ShardDataModule(cfg, mix=flow_mix(cfg))
     _take(dm, 3)
-    other = ShardDataModule(data_cfg(str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=1"), mix=flow_mix(cfg))
+    fewer = data_cfg(str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=1")
+    other = ShardDataModule(fewer, mix=flow_mix(fewer))
     other.load_state_dict(dm.state_dict())
     with pytest.warns(UserWarning, match="data position not restored"):
         other.train_dataloader()

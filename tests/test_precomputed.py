@@ -165,7 +165,8 @@ def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tin
         assert k == k2 and torch.allclose(u, u2, atol=1e-5) and torch.allclose(y, y2, atol=1e-5)
 
 
-def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, tiny_models):
+def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, tiny_models, capsys, monkeypatch):
+    import data_modules.progress
     from data_modules.check import check_data
 
     paths, expected = bad_set(tmp_path)
@@ -173,7 +174,11 @@ def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, 
     cfg = frozen_cfg(tiny_models, [str(p) for p in paths] + [str(tmp_path / "good*.tar")], *BAD_SET_OPTIONS,
                      "data.num_workers=2", "data.batch_size=4")  # fmt: skip
     out = tmp_path / "enc"
+    monkeypatch.setattr(data_modules.progress, "PLAIN_INTERVAL_S", 0.0)  # off a TTY: a line after every batch
     reports = [encode(cfg, out, rank=r, world_size=2, shard_size=3) for r in range(2)]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("encode rank 1: ")]
+    samples, skipped = reports[1]["samples"], sum(reports[1]["skipped"].values())
+    assert lines[-1].startswith(f"encode rank 1: {samples} samples, ") and f", {skipped} skipped (" in lines[-1]
     assert sorted(stored_keys(out)) == sorted([*expected, *keys])  # each good sample once, nothing else
     skipped = sum((Counter(r["skipped"]) for r in reports), Counter())
     assert +skipped == BAD_SET_SKIPS  # the training reader's reasons and counts

@@ -156,7 +156,8 @@ class JointFlowModule(L.LightningModule):
         x = images.float() if latents else self.autoencoder.encode(images)
         return x if pooled else self.flow.stage_latents(x, k)
 
-    def stage_text(self, captions: list[str], stored: TextEmbedding | None, generator: torch.Generator) -> TextEmbedding:
+    def stage_text(self, captions: list[str], stored: TextEmbedding | None,
+                   generator: torch.Generator) -> TextEmbedding:  # fmt: skip
         """The conditioning of one group after caption dropout (drawn from `generator` either way): encoded
         now, or the `stored` embeddings with the unconditional one where a caption was dropped."""
         if stored is None:

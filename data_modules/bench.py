@@ -64,7 +64,8 @@ def pipeline_rate(
     raise RuntimeError("the training stream ended")
 
 
-def bench_data(cfg: NamiConfig, mix: StageMix, samples: int = 2000, repeats: int = 3, warmup_batches: int = 3) -> dict:
+def bench_data(cfg: NamiConfig, mix: StageMix, samples: int = 2000, repeats: int = 3,
+               warmup_batches: int = 3) -> dict:  # fmt: skip
     """Pipeline vs bare decode throughput on cfg.data.shards, alternating `repeats` times; medians. `mix`: the
     flow's stage mix, which the training batches are split by."""
     shards = resolve_data(cfg.data)  # ConfigError before any work

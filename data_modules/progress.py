@@ -44,9 +44,11 @@ class Progress:
             print(self.line(now), file=self.stream, flush=True)
 
     def line(self, now: float) -> str:
+        """The plain progress line at clock time `now`."""
         elapsed = max(now - self.start, 1e-9)
         minutes, seconds = divmod(int(elapsed), 60)
-        return (f"{self.desc}: {self.samples} samples, {self.samples / elapsed:.1f} samples/s, {self.skipped} skipped "
+        rate = self.samples / elapsed
+        return (f"{self.desc}: {self.samples} samples, {rate:.1f} samples/s, {self.skipped} skipped "
                 f"({minutes // 60}:{minutes % 60:02d}:{seconds:02d} elapsed)")  # fmt: skip
 
     def close(self) -> None:

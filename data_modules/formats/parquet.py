@@ -37,7 +37,8 @@ class Parquet(FileFormat):
             yield from _rows(fileobj, shard, stride, offset, start, key_column)
 
 
-def _rows(fileobj, shard: Shard, stride: int, offset: int, start: int, key_column: str) -> Iterator[Record | Failure]:
+def _rows(fileobj, shard: Shard, stride: int, offset: int, start: int,
+          key_column: str) -> Iterator[Record | Failure]:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -169,12 +169,12 @@ def encode_shards(cfg: NamiConfig, out: str | Path, encoders: Callable[[], tuple
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             return fn(*args)
 
-    def stored(embedding: TextEmbedding) -> TextEmbedding:
-        """As stored: the mask as bool, states and pooled in the storage dtype."""
+    def for_storage(embedding: TextEmbedding) -> TextEmbedding:
+        """The mask as bool, states and pooled in the storage dtype."""
         return TextEmbedding(embedding.states.to(storage), embedding.mask.bool(), embedding.pooled.to(storage))
 
     if not (out / UNCONDITIONAL_FILE).exists():
-        uncond = stored(run(text_encoder, [""]))
+        uncond = for_storage(run(text_encoder, [""]))
         tmp = out / f"{UNCONDITIONAL_FILE}.{os.getpid()}.tmp"
         tmp.write_bytes(payload(torch.zeros(0), uncond, "", cfg.resolution, None))
         os.replace(tmp, out / UNCONDITIONAL_FILE)
@@ -192,7 +192,7 @@ def encode_shards(cfg: NamiConfig, out: str | Path, encoders: Callable[[], tuple
                         writer = _open_shard(out, rank, len(progress["shards"]))
                     images = torch.stack([s.image for s in batch.samples]).to(device)
                     latents = run(autoencoder.encode, images).to(storage).cpu()
-                    text = stored(run(text_encoder, [s.caption for s in batch.samples])).to("cpu")
+                    text = for_storage(run(text_encoder, [s.caption for s in batch.samples])).to("cpu")
                     for i, sample in enumerate(batch.samples):
                         writer.add(sample, latents[i], text.row(i), cfg.resolution)
                     samples += len(batch.samples)

@@ -86,7 +86,7 @@ def payload_header(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + size]).get("__metadata__", {}) or {}
 
 
-def stored_text(tensors: dict[str, torch.Tensor]) -> TextEmbedding:
+def payload_text(tensors: dict[str, torch.Tensor]) -> TextEmbedding:
     """The text embedding among a payload's tensors."""
     return TextEmbedding(*(tensors[f"text_{k}"] for k in TEXT_FIELDS))
 
@@ -106,7 +106,7 @@ class PrecomputedDecoder:
             raise Skip("missing_image", f"no .{PAYLOAD} member")
         try:
             tensors, header = load_tensors(data), payload_header(data)
-            latent, text = tensors["latent"], stored_text(tensors)
+            latent, text = tensors["latent"], payload_text(tensors)
         except Exception as err:  # noqa: BLE001 - a corrupt payload fails in many ways; all mean "skip"
             raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
         fixes: Counter = Counter()  # repairs count only for samples that are kept
@@ -168,4 +168,4 @@ def load_unconditional(shards: list[Shard]) -> TextEmbedding:
     if not fs.exists(path):
         raise ConfigError("data.shards", f"{root} has no {UNCONDITIONAL_FILE} (written by `nami data encode`)")
     with fs.open(path, "rb") as handle:
-        return stored_text(load_tensors(handle.read()))
+        return payload_text(load_tensors(handle.read()))

@@ -156,25 +156,25 @@ class JointFlowModule(L.LightningModule):
         x = images.float() if latents else self.autoencoder.encode(images)
         return x if pooled else self.flow.stage_latents(x, k)
 
-    def stage_text(self, captions: list[str], stored: TextEmbedding | None,
+    def stage_text(self, captions: list[str], precomputed: TextEmbedding | None,
                    generator: torch.Generator) -> TextEmbedding:  # fmt: skip
         """The conditioning of one group after caption dropout (drawn from `generator` either way): encoded
-        now, or the `stored` embeddings with the unconditional one where a caption was dropped."""
-        if stored is None:
+        now, or the `precomputed` embeddings with the unconditional one where a caption was dropped."""
+        if precomputed is None:
             kept = self.flow.drop_captions(captions, generator)
             return self.text_encoder(kept).to(self.device).for_attention()
         keep = self.flow.kept_captions(len(captions), generator)
-        stored = TextEmbedding(stored.states.float(), stored.mask.bool(), stored.pooled.float())
+        text = TextEmbedding(precomputed.states.float(), precomputed.mask.bool(), precomputed.pooled.float())
         if all(keep):
-            return stored.for_attention()
+            return text.for_attention()
         if self.unconditional is None:
             raise RuntimeError("training from precomputed shards needs the stored unconditional embedding "
                                "(JointFlowModule(..., unconditional=datamodule.unconditional()))")  # fmt: skip
         u = self.unconditional = self.unconditional.to(self.device)
         rows = torch.tensor(keep, device=self.device)
-        return TextEmbedding(torch.where(rows[:, None, None], stored.states, u.states.float()),
-                             torch.where(rows[:, None], stored.mask, u.mask.bool()),
-                             torch.where(rows[:, None], stored.pooled, u.pooled.float())).for_attention()  # fmt: skip
+        return TextEmbedding(torch.where(rows[:, None, None], text.states, u.states.float()),
+                             torch.where(rows[:, None], text.mask, u.mask.bool()),
+                             torch.where(rows[:, None], text.pooled, u.pooled.float())).for_attention()  # fmt: skip
 
     def stage_losses(self, batch) -> StageLosses:
         """The flow's per-stage losses for one batch; noise and sigma' come from a generator fixed by
@@ -182,8 +182,8 @@ class JointFlowModule(L.LightningModule):
         gen = step_generator(self.cfg.seed, self.global_rank, self.global_step, self.device)
         cpu_gen = step_generator(self.cfg.seed, self.global_rank, self.global_step)
         latents, text = [], []
-        stored = batch.text if batch.text is not None else [None] * len(batch.images)
-        for images, captions, k, group_text in zip(batch.images, batch.captions, batch.stages, stored):
+        precomputed = batch.text if batch.text is not None else [None] * len(batch.images)
+        for images, captions, k, group_text in zip(batch.images, batch.captions, batch.stages, precomputed):
             if len(captions) == 0:
                 continue
             latents.append((k, self.stage_latents(images, k, batch.pooled, latents=batch.latents)))

@@ -157,17 +157,18 @@ def bench_training(cfg: NamiConfig, repeats: int = 3, compare_data: bool = False
     one and trainer.accelerator allows it."""
     parts = build_parts(cfg, fitted=False)  # with the encoders: the online step and the stored inputs need them
     module = JointFlowModule(cfg, parts)
-    stored = not parts.text_encoder.trainable
+    precomputable = not parts.text_encoder.trainable
     encoders = (parts.text_encoder, parts.autoencoder)
     joint = "precomputed" if cfg.data.precomputed else "online"
-    paths = [joint] + ([{"online": "precomputed", "precomputed": "online"}[joint]] if compare_data and stored else [])
+    other = {"online": "precomputed", "precomputed": "online"}[joint]
+    paths = [joint] + ([other] if compare_data and precomputable else [])
     mix = parts.flow.mix
     batches = {path: synthetic_batch(cfg, mix, True, encoders if path == "precomputed" else None) for path in paths}
     batches["full_resolution"] = synthetic_batch(cfg, mix, False, encoders if cfg.data.precomputed else None)
     device = torch.device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")
     module = module.to(device)
     batches = {name: b.to(device) for name, b in batches.items()}
-    if stored:
+    if precomputable:
         with torch.no_grad():
             module.unconditional = module.text_encoder([""])  # what caption dropout swaps in for stored text
     optimizer = torch.optim.AdamW(module.trainable().parameters(), lr=1e-4)

@@ -12,18 +12,12 @@ import statistics
 import time
 
 from nami.config import NamiConfig
+from nami.flow import StageMix
 
-from .decode import IMAGE_EXTENSIONS, Skip, image_tensor
-from .records import TABLE_FORMATS, Record, read_records
-from .sources import Shard, resolve_data
+from .decode import image_bytes, image_tensor
+from .formats import format_of, resolve_data
+from .records import Record, Shard, Skip
 from .stream import ShardStream, StreamSpec, make_loader
-
-
-def _image_bytes(record: Record, image_column: str):
-    if record.format in TABLE_FORMATS:
-        value = record.fields.get(image_column)
-        return value.get("bytes") if isinstance(value, dict) else value
-    return next((record.fields[e] for e in IMAGE_EXTENSIONS if e in record.fields), None)
 
 
 def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup: int) -> tuple[float, int]:
@@ -33,13 +27,13 @@ def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup:
     while True:
         before = done
         for shard in shards:
-            for record in read_records(shard, key_column=d.key_column):
+            fmt = format_of(shard)
+            for record in fmt.read(shard, key_column=d.key_column):
                 if not isinstance(record, Record):
                     continue
                 try:
-                    image_tensor(
-                        _image_bytes(record, d.image_column), cfg.resolution, None, d.max_pixels, cfg.min_image_side()
-                    )
+                    data = image_bytes(record, fmt.columnar, d.image_column)
+                    image_tensor(data, cfg.resolution, None, d.max_pixels, cfg.min_image_side())
                 except Skip:
                     continue
                 done += 1
@@ -52,11 +46,11 @@ def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup:
 
 
 def pipeline_rate(
-    shards: list[Shard], cfg: NamiConfig, samples: int, warmup_batches: int
+    shards: list[Shard], cfg: NamiConfig, mix: StageMix, samples: int, warmup_batches: int
 ) -> tuple[float, int]:
     """(samples/s, samples timed) of the training loader after `warmup_batches` (worker start-up excluded)."""
     done, start = 0, None
-    it = iter(make_loader(ShardStream(StreamSpec.from_config(cfg, shards)), cfg.data.num_workers))
+    it = iter(make_loader(ShardStream(StreamSpec.from_config(cfg, shards, mix=mix)), cfg.data.num_workers))
     try:
         for i, batch in enumerate(it):
             if i == warmup_batches:
@@ -70,14 +64,16 @@ def pipeline_rate(
     raise RuntimeError("the training stream ended")
 
 
-def bench_data(cfg: NamiConfig, samples: int = 2000, repeats: int = 3, warmup_batches: int = 3) -> dict:
-    """Pipeline vs bare decode throughput on cfg.data.shards, alternating `repeats` times; medians."""
+def bench_data(cfg: NamiConfig, mix: StageMix, samples: int = 2000, repeats: int = 3,
+               warmup_batches: int = 3) -> dict:  # fmt: skip
+    """Pipeline vs bare decode throughput on cfg.data.shards, alternating `repeats` times; medians. `mix`: the
+    flow's stage mix, which the training batches are split by."""
     shards = resolve_data(cfg.data)  # ConfigError before any work
     warmup = warmup_batches * cfg.data.batch_size
     bare, pipe = [], []
     for _ in range(repeats):  # alternating spreads machine noise evenly over both loops
         bare.append(bare_decode_rate(shards, cfg, samples, warmup)[0])
-        pipe.append(pipeline_rate(shards, cfg, samples, warmup_batches)[0])
+        pipe.append(pipeline_rate(shards, cfg, mix, samples, warmup_batches)[0])
     bare_rate, pipe_rate = statistics.median(bare), statistics.median(pipe)
     return {
         "pipeline_samples_per_s": round(pipe_rate, 1),

@@ -9,7 +9,6 @@ about n^2 / 2^65).
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from array import array
 from collections import Counter
@@ -17,11 +16,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from nami.config import NamiConfig
 
-from .sources import resolve_data
+from .inputs import checked_shards
+from .progress import Progress
 from .stream import ShardStream, StreamSpec, make_loader
 
 
@@ -35,19 +34,16 @@ def check_data(cfg: NamiConfig, world_size: int = 1, keys_out: str | Path | None
     """Counts (samples, skipped by reason, repaired), throughput, per-rank counts, duplicates."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    shards = resolve_data(cfg.data)  # ConfigError before any work
-    if cfg.data.precomputed:  # and shards encoded for another config
-        from .encoded import check_encoded
-
-        check_encoded(cfg, shards)
+    shards = checked_shards(cfg)  # ConfigError before any work (and precomputed shards encoded for another config)
     hashes = array("Q")
     per_rank = []
     start = time.perf_counter()
-    bar = tqdm(desc="data check", unit="sample", disable=not sys.stderr.isatty(), file=sys.stderr)
-    with open(keys_out, "w", encoding="utf-8") if keys_out else nullcontext() as out, bar:
+    progress = Progress("data check")
+    with open(keys_out, "w", encoding="utf-8") if keys_out else nullcontext() as out, progress:
         for rank in range(world_size):
             final: dict[int, dict] = {}  # worker -> its last (cumulative) counters
             samples = 0
+            skipped_before = sum(sum(r["skipped"].values()) for r in per_rank)
             spec = StreamSpec.from_config(cfg, shards, rank, world_size, train=False, flush=True)
             for batch in make_loader(ShardStream(spec), cfg.data.num_workers):
                 final[batch.state["worker"]] = batch.state
@@ -56,7 +52,7 @@ def check_data(cfg: NamiConfig, world_size: int = 1, keys_out: str | Path | None
                 hashes.extend(_key_hash(k) for k in keys)
                 if out is not None:
                     out.writelines(k + "\n" for k in keys)
-                bar.update(len(keys))
+                progress.update(len(keys), skipped_before + sum(sum(s["skipped"].values()) for s in final.values()))
             skipped = sum((Counter(s["skipped"]) for s in final.values()), Counter())
             repaired = sum((Counter(s["repaired"]) for s in final.values()), Counter())
             per_rank.append(

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
 from nami.flow import StageMix, data_pyramid
+from nami.text_embedding import TextEmbedding
 
-from .decode import Sample
+from .records import Sample
 
 
 @dataclass
 class StageBatch:
     """One batch split into stage groups; see `data_modules/__init__.py` for the contract."""
 
-    images: list[torch.Tensor]  # group i: (n_i, 3, side, side) float32 in [-1, 1]
+    images: list[torch.Tensor]  # group i: (n_i, 3, side, side) float32 in [-1, 1], or latents (see `latents`)
     captions: list[list[str]]
     keys: list[list[str]]
     metadata: list[list[Any]]  # parsed json (tars) or the row without its image (parquet), per sample
@@ -31,11 +32,12 @@ class StageBatch:
     stages: list[int]  # stage id of group i: range(K) when joint, [K - 1] for full-resolution batches
     step: int  # the training step this batch was built for (its ratios are those in force then)
     ratios: list[float]  # the stage ratios in force at `step`
-    pooled: bool  # True (pixel autoencoder): group i is at stage stages[i]'s side; False: full resolution
+    pooled: bool  # True: group i is already at stage stages[i]'s side (data pyramid); False: full resolution
     state: dict = field(default_factory=dict, repr=False)  # producing worker's resumable state (internal)
-    # Precomputed shards (data.precomputed): images[i] holds the stored full-size latents and text[i] the
-    # stored text embedding {"states" (n, L, D), "mask" (n, L) bool, "pooled" (n, P)}; None: encode live.
-    text: list[dict[str, torch.Tensor]] | None = None
+    # Precomputed shards (data.precomputed): text[i] is the stored text embedding of group i, (n_i, L, D) states;
+    # None: the batch carries captions only and the module encodes them.
+    text: list[TextEmbedding] | None = None
+    latents: bool = False  # images hold model-space latents (precomputed); False: pixels, for the autoencoder
 
     def __len__(self) -> int:
         return sum(len(k) for k in self.keys)
@@ -57,7 +59,7 @@ class StageBatch:
         return self._map(lambda x: x.pin_memory())
 
     def _map(self, fn) -> StageBatch:
-        text = None if self.text is None else [{k: fn(v) for k, v in t.items()} for t in self.text]
+        text = None if self.text is None else [t.map(fn) for t in self.text]
         return replace(self, images=[fn(x) for x in self.images], text=text)
 
 
@@ -81,22 +83,31 @@ class BatchPlan:
     resolution: int
     joint: bool = True  # split into stage groups (training); False: one full-resolution group
     pooled: bool = True  # pixel autoencoder: each group gets its own level of the data pyramid
-    mix: StageMix = StageMix()  # the stage ratios in force at each step
+    mix: StageMix | None = None  # the stage ratios in force at each step (joint plans): the flow's own
     stage_sides: tuple[int, ...] = ()  # pooled groups: image side of each stage (NamiConfig.stage_latent_sizes)
     batches_per_step: int = 1  # gradient accumulation: loader batches per optimizer step
+    latents: bool = False  # samples hold model-space latents (precomputed shards), not pixels
+
+    def __post_init__(self):
+        if self.joint and self.mix is None:
+            raise ValueError("joint batches are split by the flow's stage mix: pass mix=parts.flow.mix")
 
     @classmethod
-    def from_config(cls, cfg, joint: bool = True, batches_per_step: int = 1) -> BatchPlan:
+    def from_config(cls, cfg, mix: StageMix | None, joint: bool = True, batches_per_step: int = 1,
+                    latents: bool = False) -> BatchPlan:  # fmt: skip
+        """`mix`: the `StageMix` of the flow being trained (`PyramidFlow.mix`); only joint plans use it."""
         return cls(
             batch_size=cfg.data.batch_size,
             num_stages=cfg.num_stages,
             resolution=cfg.resolution,
             joint=joint,
-            # precomputed latents reach the module at full size; it builds their pyramid (JointFlowModule)
-            pooled=cfg.autoencoder.kind == "pixel" and not cfg.data.precomputed,
-            mix=StageMix.from_config(cfg.flow),
+            # Pixels of the pixel autoencoder are model space: workers pool them. Precomputed latents reach the
+            # module at full size, and it builds their pyramid (JointFlowModule.stage_latents).
+            pooled=cfg.autoencoder.kind == "pixel" and not latents,
+            mix=mix,
             stage_sides=tuple(cfg.stage_latent_sizes()),
             batches_per_step=batches_per_step,
+            latents=latents,
         )
 
     def ratios_at(self, step: int) -> list[float]:
@@ -143,25 +154,24 @@ def make_batch(
         metadata.append([s.metadata for s in group])
         epochs.append([s.epoch for s in group])
     images = _one_storage(groups)
-    text = _stored_text(samples, order, counts) if samples and samples[0].text is not None else None
-    return StageBatch(
-        images, captions, keys, metadata, epochs, stages, step, list(ratios), plan.pooled, state, text
-    )
+    text = _group_text(samples, order, counts) if samples and samples[0].text is not None else None
+    return StageBatch(images, captions, keys, metadata, epochs, stages, step, list(ratios), plan.pooled,
+                      state=state, text=text, latents=plan.latents)  # fmt: skip
 
 
-def _stored_text(samples: list[Sample], order: list[int], counts: list[int]) -> list[dict[str, torch.Tensor]]:
+def _group_text(samples: list[Sample], order: list[int], counts: list[int]) -> list[TextEmbedding]:
     """The stored text embeddings of precomputed samples, grouped as `make_batch` groups the samples (each
     field's groups share one buffer, as the images do)."""
-    out: list[dict[str, torch.Tensor]] = [{} for _ in counts]
-    for name, template in samples[0].text.items():
+    by_field = {}
+    for name in (f.name for f in fields(TextEmbedding)):
+        template = getattr(samples[0].text, name)
         groups, start = [], 0
         for n in counts:
-            rows = [samples[i].text[name] for i in order[start : start + n]]
+            rows = [getattr(samples[i].text, name) for i in order[start : start + n]]
             start += n
             groups.append(torch.stack(rows) if rows else template.new_empty(0, *template.shape))
-        for group, view in zip(out, _one_storage(groups)):
-            group[name] = view
-    return out
+        by_field[name] = _one_storage(groups)
+    return [TextEmbedding(**{name: views[i] for name, views in by_field.items()}) for i in range(len(counts))]
 
 
 def _one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

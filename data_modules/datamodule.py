@@ -10,10 +10,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from nami.config import NamiConfig
+from nami.flow import StageMix
+from nami.text_embedding import TextEmbedding
 
 from .collate import StageBatch
-from .decode import REPAIR_REASONS, SKIP_REASONS, Skip
-from .sources import Shard, resolve_data
+from .inputs import checked_shards
+from .precomputed import load_unconditional
+from .records import REPAIR_REASONS, SKIP_REASONS, Shard
 from .stream import ShardStream, StreamSpec, make_loader
 
 STATE_VERSION = 1
@@ -26,14 +29,20 @@ class ShardDataModule(L.LightningDataModule):
     the batches the training loop actually consumes (`on_before_batch_transfer`, which Lightning calls after
     its one-batch prefetch), so `state_dict()` points at the first batch not yet trained on. `state_dict()`
     gathers every rank's position (a collective: Lightning calls it on all ranks when saving).
+
+    `mix` is the stage mix joint training batches are split by: the trained flow's own (`parts.flow.mix`), so
+    the data and the loss never disagree on the ratios. `shards`: already checked (`usable_shards`); None:
+    resolved from `cfg.data` on first use.
     """
 
-    def __init__(self, cfg: NamiConfig, joint: bool = True, batches_per_step: int | None = None):
+    def __init__(self, cfg: NamiConfig, joint: bool = True, mix: StageMix | None = None,
+                 batches_per_step: int | None = None, shards: list[Shard] | None = None):  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.joint = joint  # False: training batches are one full-resolution group (bridge fitting)
+        self.mix = mix
         self.batches_per_step = batches_per_step  # None: the trainer's accumulate_grad_batches
-        self._shards: list[Shard] | None = None
+        self._shards = shards
         self._loaded: dict | None = None  # state from a checkpoint, applied by the next train_dataloader()
         self._workers: dict[int, dict] = {}  # logical worker -> state after its last consumed batch
         self._next_worker = 0
@@ -42,52 +51,18 @@ class ShardDataModule(L.LightningDataModule):
     # ---- inputs ---------------------------------------------------------------------------------------
     @property
     def shards(self) -> list[Shard]:
-        """The resolved shard list (ConfigError naming the pattern when one matches nothing, or with
-        data.precomputed the key whose value differs from what the shards were encoded with)."""
+        """The resolved shard list (see `checked_shards`)."""
         if self._shards is None:
-            shards = resolve_data(self.cfg.data)
-            if self.cfg.data.precomputed:
-                from .encoded import check_encoded
-
-                check_encoded(self.cfg, shards)
-            self._shards = shards
+            self._shards = checked_shards(self.cfg)
         return self._shards
 
-    def unconditional(self) -> dict:
-        """data.precomputed: the stored embedding of the empty prompt (caption dropout swaps it in),
-        {"states", "mask", "pooled"} with a batch dimension of one."""
-        from .encoded import load_unconditional
-
+    def unconditional(self) -> TextEmbedding:
+        """data.precomputed: the stored embedding of the empty prompt (caption dropout swaps it in), with a
+        batch dimension of one."""
         return load_unconditional(self.shards)
 
     def setup(self, stage: str | None = None) -> None:
         self.shards  # noqa: B018 - resolve early: a bad path fails before any model work
-
-    def probe(self) -> None:
-        """Find one usable sample, reading shards in order (usually the first record of the first shard):
-        shards that hold none at all (empty or wrong files) are one ConfigError line here, before any model
-        is built, instead of a worker's traceback once training has started."""
-        from nami.config import ConfigError
-
-        from .decode import decode_record
-        from .records import Failure, read_records
-        from .stream import StreamSpec
-
-        spec = StreamSpec.from_config(self.cfg, self.shards, train=False)
-        skipped: Counter = Counter()
-        for shard in self.shards:
-            for item in read_records(shard, key_column=spec.key_column):
-                if isinstance(item, Failure):
-                    skipped[item.reason] += 1
-                    continue
-                try:
-                    decode_record(item, spec.decode, Counter())
-                    return
-                except Skip as skip:
-                    skipped[skip.reason] += 1
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "no records"
-        raise ConfigError("data.shards", f"no usable sample in {len(self.shards)} shard(s) ({reasons}); "
-                                         "see `nami data check CONFIG`")  # fmt: skip
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -105,7 +80,8 @@ class ShardDataModule(L.LightningDataModule):
         resume, first = self._resume_for(rank, world)
         self._workers, self._next_worker = dict(resume), first
         per_step = self.batches_per_step or (self.trainer.accumulate_grad_batches if self.trainer else 1)
-        spec = StreamSpec.from_config(self.cfg, self.shards, rank, world, True, per_step, joint=self.joint)
+        spec = StreamSpec.from_config(self.cfg, self.shards, rank, world, True, per_step, joint=self.joint,
+                                      mix=self.mix)  # fmt: skip
         return make_loader(ShardStream(spec, resume=resume, first_worker=first), self._num_workers)
 
     def eval_dataloader(self, rank: int | None = None, world_size: int | None = None, **kw) -> DataLoader:

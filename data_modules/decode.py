@@ -1,6 +1,10 @@
-"""Record -> sample: image decoded to RGB, shorter side resized and cropped to a square, scaled to [-1, 1];
-caption and metadata extracted. A sample that cannot be used raises `Skip` with its reason; a sample that is
-kept after a repair (e.g. a caption that is not UTF-8) is counted in `repaired`.
+"""Record -> sample for image shards: image decoded to RGB, shorter side resized and cropped to a square, scaled
+to [-1, 1]; caption and metadata extracted. A sample that cannot be used raises `Skip` with its reason; a sample
+that is kept after a repair (e.g. a caption that is not UTF-8) is counted in `repaired`.
+
+A stream decodes with one `Decoder`, chosen once from the config: `ImageDecoder` here, or the precomputed
+shards' `PrecomputedDecoder` (`precomputed.py`). Where the image, caption and metadata sit in a record
+depends on the format's layout only (`Format.columnar`), never on the format's name.
 """
 
 from __future__ import annotations
@@ -11,68 +15,17 @@ import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .records import TABLE_FORMATS, Record
+from .records import Record, Sample, Skip
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
-SKIP_REASONS = (
-    "bad_shard",  # a shard that cannot be opened (missing, empty, not a tar / parquet)
-    "truncated",  # the sample a shard was cut inside (every complete sample before it is kept)
-    "missing_image",  # no image member / empty image column
-    "empty_image",  # zero-byte image
-    "undecodable",  # the decoder failed
-    "too_small",  # shorter side < data.min_size
-    "too_large",  # more pixels than data.max_pixels (decompression bomb), rejected before decoding
-    "no_caption",  # no .txt, no json[data.caption_column], no caption column (or only whitespace)
-)
-REPAIR_REASONS = (
-    "caption_not_utf8",  # kept, invalid bytes replaced by U+FFFD
-    "bad_json",  # kept, metadata {} (the caption then comes from .txt)
-)
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-class Skip(Exception):
-    """A sample that is dropped; `reason` is one of SKIP_REASONS."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """What decoding needs from the config (`data.*` and the top resolution)."""
-
-    resolution: int
-    min_size: int = 0
-    max_pixels: int = 64_000_000
-    caption_column: str = "caption"
-    image_column: str = "image"
-    precomputed: bool = False  # records are `nami data encode` outputs (data_modules/encoded.py)
-
-
-@dataclass
-class Sample:
-    """A decoded sample: image (3, R, R) float32 in [-1, 1], caption, metadata as written, epoch read in.
-
-    From precomputed shards `image` is the stored full-size latent and `text` the stored text embedding
-    ({"states", "mask", "pooled"}); `crop` is the square crop taken, as fractions (left, top, right, bottom)
-    of the decoded image."""
-
-    key: str
-    image: torch.Tensor
-    caption: str
-    metadata: Any
-    epoch: int = 0
-    crop: tuple[float, float, float, float] | None = None
-    text: dict[str, torch.Tensor] | None = None
 
 
 def open_image(data: bytes | None, max_pixels: int, min_size: int = 0) -> Image.Image:
@@ -190,47 +143,83 @@ def caption_text(raw: Any, repaired: Counter) -> str | None:
     return raw.strip() or None
 
 
-def record_parts(record: Record, opts: DecodeOptions, repaired: Counter) -> tuple[bytes | None, str, Any]:
-    """(image bytes, caption, metadata). Tars: the caption from .txt, else the json field named
-    data.caption_column (img2dataset writes `caption`; GRIT-style sets may use another). Parquet: that column."""
+def json_metadata(fields: dict[str, Any], repaired: Counter) -> Any:
+    """A record's `json` member parsed ({} when there is none; kept as {} and counted when it does not parse)."""
+    if "json" not in fields:
+        return {}
+    try:
+        return json.loads(fields["json"])
+    except ValueError:  # also UnicodeDecodeError
+        repaired["bad_json"] += 1
+        return {}
+
+
+def image_bytes(record: Record, columnar: bool, image_column: str) -> Any:
+    """The undecoded image of a record: its data.image_column (rows), else its first image member."""
     f = record.fields
-    if record.format in TABLE_FORMATS:  # parquet and hf rows
-        image = f.get(opts.image_column)
-        if isinstance(image, dict):  # the Hugging Face Image feature stores {"bytes", "path"}
-            image = image.get("bytes")
-        metadata = {k: v for k, v in f.items() if k != opts.image_column}
+    if columnar:
+        image = f.get(image_column)
+        return image.get("bytes") if isinstance(image, dict) else image  # HF's Image feature: {"bytes", "path"}
+    return next((f[e] for e in IMAGE_EXTENSIONS if e in f), None)
+
+
+def record_parts(record: Record, columnar: bool, opts: DecodeOptions,
+                 repaired: Counter) -> tuple[bytes | None, str, Any]:  # fmt: skip
+    """(image bytes, caption, metadata). Members (tars): the caption from .txt, else the json field named
+    data.caption_column (img2dataset writes `caption`; GRIT-style sets may use another). Rows: that column,
+    and the metadata is the row without its image."""
+    f = record.fields
+    if columnar:
+        metadata: Any = {k: v for k, v in f.items() if k != opts.image_column}
         caption = caption_text(f.get(opts.caption_column), repaired)
-        if caption is None:
-            raise Skip("no_caption")
-        return image, caption, metadata
-    image = next((f[e] for e in IMAGE_EXTENSIONS if e in f), None)
-    metadata: Any = {}
-    if "json" in f:
-        try:
-            metadata = json.loads(f["json"])
-        except ValueError:  # also UnicodeDecodeError
-            repaired["bad_json"] += 1
-    caption = caption_text(f.get("txt"), repaired)
-    if caption is None and isinstance(metadata, dict):
-        caption = caption_text(metadata.get(opts.caption_column), repaired)
+    else:
+        metadata = json_metadata(f, repaired)
+        caption = caption_text(f.get("txt"), repaired)
+        if caption is None and isinstance(metadata, dict):
+            caption = caption_text(metadata.get(opts.caption_column), repaired)
     if caption is None:
         raise Skip("no_caption")
-    return image, caption, metadata
+    return image_bytes(record, columnar, opts.image_column), caption, metadata
 
 
-def decode_record(
-    record: Record, opts: DecodeOptions, repaired: Counter, rng: random.Random | None = None, epoch: int = 0
-) -> Sample:
-    """A usable sample, or Skip. `rng` draws the crop (training); None crops the centre (evaluation).
-    Precomputed records (`opts.precomputed`) give their stored latent and text embedding instead."""
-    fixes: Counter = Counter()  # repairs count only for samples that are kept
-    if opts.precomputed:
-        from .encoded import decode_encoded
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What image decoding needs from the config (`data.*` and the top resolution)."""
 
-        sample = decode_encoded(record, fixes, epoch)
+    resolution: int
+    min_size: int = 0
+    max_pixels: int = 64_000_000
+    caption_column: str = "caption"
+    image_column: str = "image"
+
+    @classmethod
+    def from_config(cls, cfg) -> DecodeOptions:
+        d = cfg.data
+        return cls(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column)
+
+
+class Decoder(Protocol):
+    """Record -> Sample for one stream (picklable: DataLoader workers receive it). `latents`: whether its
+    samples hold model-space latents (precomputed shards) rather than pixels."""
+
+    latents: ClassVar[bool]
+
+    def decode(self, record: Record, columnar: bool, repaired: Counter, rng: random.Random | None = None,
+               epoch: int = 0) -> Sample: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """Image shards: decode, resize, crop (random with `rng`, else centred), scale to [-1, 1]."""
+
+    options: DecodeOptions
+    latents: ClassVar[bool] = False
+
+    def decode(self, record: Record, columnar: bool, repaired: Counter, rng: random.Random | None = None,
+               epoch: int = 0) -> Sample:  # fmt: skip
+        """A usable sample, or Skip; repairs count only for samples that are kept."""
+        opts, fixes = self.options, Counter()
+        image, caption, metadata = record_parts(record, columnar, opts, fixes)
+        pixels, crop = decode_image(image, opts.resolution, rng, opts.max_pixels, opts.min_size)
         repaired.update(fixes)
-        return sample
-    image, caption, metadata = record_parts(record, opts, fixes)
-    pixels, crop = decode_image(image, opts.resolution, rng, opts.max_pixels, opts.min_size)
-    repaired.update(fixes)
-    return Sample(record.key, pixels, caption, metadata, epoch, crop)
+        return Sample(record.key, pixels, caption, metadata, epoch, crop)

@@ -3,7 +3,7 @@
 Reading is the training reader's (split over ranks x dataloader workers, every sample exactly once; bad
 samples skipped and counted by the same reasons), in evaluation mode: one pass, centre crops, no shuffle.
 The encoders come in from the caller (`nami.parts.build_encoders`; this package sits below the models), with
-the device and autocast dtype to run them in. The format is `encoded.py`'s.
+the device and autocast dtype to run them in. The layout is `precomputed.py`'s.
 
 Resume. Output shards close at a batch boundary once they hold `shard_size` samples. A shard is written to
 `NAME.tmp`; then the rank's progress file is replaced atomically, naming the shard (its sample count and
@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import tarfile
 import time
 from collections import Counter
@@ -29,14 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from nami.config import ConfigError, NamiConfig
+from nami.text_embedding import TextEmbedding
 
-from .decode import Sample
-from .encoded import (FORMAT, META_FILE, PAYLOAD, PROGRESS_DIR, TEXT_FIELDS, UNCONDITIONAL_FILE, VERSION,
-                      encoder_fingerprint, payload, progress_path)  # fmt: skip
-from .sources import resolve_data
+from .formats import resolve_data
+from .precomputed import (FORMAT, META_FILE, PAYLOAD, PROGRESS_DIR, UNCONDITIONAL_FILE, VERSION, encoder_fingerprint,
+                          payload, progress_path)  # fmt: skip
+from .progress import Progress
+from .records import Sample
 from .stream import ShardStream, StreamSpec, make_loader
 
 
@@ -122,7 +122,8 @@ class ShardWriter:
         self.tar = tarfile.open(self.tmp, "w")
         self.samples = 0
 
-    def add(self, sample: Sample, latent: torch.Tensor, text: dict[str, torch.Tensor], resolution: int) -> None:
+    def add(self, sample: Sample, latent: torch.Tensor, text: TextEmbedding, resolution: int) -> None:
+        """One sample: its latent and text embedding (one row each), caption and metadata."""
         base = f"{self.samples:08d}"
         members = {PAYLOAD: payload(latent, text, sample.key, resolution, sample.crop),
                    "txt": sample.caption.encode("utf-8"),
@@ -168,13 +169,12 @@ def encode_shards(cfg: NamiConfig, out: str | Path, encoders: Callable[[], tuple
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             return fn(*args)
 
-    def stored(embedding, i=None) -> dict[str, torch.Tensor]:
-        rows = {k: getattr(embedding, k) for k in TEXT_FIELDS}
-        rows = {k: v if i is None else v[i] for k, v in rows.items()}
-        return {k: v.bool() if k == "mask" else v.to(storage) for k, v in rows.items()}
+    def for_storage(embedding: TextEmbedding) -> TextEmbedding:
+        """The mask as bool, states and pooled in the storage dtype."""
+        return TextEmbedding(embedding.states.to(storage), embedding.mask.bool(), embedding.pooled.to(storage))
 
     if not (out / UNCONDITIONAL_FILE).exists():
-        uncond = stored(run(text_encoder, [""]))
+        uncond = for_storage(run(text_encoder, [""]))
         tmp = out / f"{UNCONDITIONAL_FILE}.{os.getpid()}.tmp"
         tmp.write_bytes(payload(torch.zeros(0), uncond, "", cfg.resolution, None))
         os.replace(tmp, out / UNCONDITIONAL_FILE)
@@ -185,21 +185,20 @@ def encode_shards(cfg: NamiConfig, out: str | Path, encoders: Callable[[], tuple
         spec = StreamSpec.from_config(cfg, shards, rank, world_size, train=False, joint=False, flush=True)
         stream = EncodeStream(spec, resume=workers, first_worker=progress["next_worker"])
         writer = None
-        bar = tqdm(desc=f"encode rank {rank}", unit="sample", disable=not sys.stderr.isatty(), file=sys.stderr)
-        with bar:
+        with Progress(f"encode rank {rank}") as console:
             for batch in make_loader(stream, cfg.data.num_workers):
                 if batch.samples:
                     if writer is None:
                         writer = _open_shard(out, rank, len(progress["shards"]))
                     images = torch.stack([s.image for s in batch.samples]).to(device)
                     latents = run(autoencoder.encode, images).to(storage).cpu()
-                    text = stored(run(text_encoder, [s.caption for s in batch.samples]))
+                    text = for_storage(run(text_encoder, [s.caption for s in batch.samples])).to("cpu")
                     for i, sample in enumerate(batch.samples):
-                        writer.add(sample, latents[i], {k: v[i].cpu() for k, v in text.items()}, cfg.resolution)
+                        writer.add(sample, latents[i], text.row(i), cfg.resolution)
                     samples += len(batch.samples)
-                    bar.update(len(batch.samples))
                 w = batch.state["worker"]
                 workers[w] = batch.state
+                console.update(len(batch.samples), sum(sum(s["skipped"].values()) for s in workers.values()))
                 progress["workers"], progress["next_worker"] = workers, (w + 1) % max(batch.state["workers"], 1)
                 if writer is not None and writer.samples >= shard_size:
                     _finish(out, rank, progress, writer)

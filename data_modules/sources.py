@@ -1,6 +1,5 @@
-"""Where samples come from: `data.shards` (paths, globs, brace ranges, directories or fsspec URLs) resolved to
-an ordered list of shards, each with its format. With `data.format: hf` the entries name datasets instead,
-and their shards are those `datasets` splits them into (`hf.py`); `resolve_data` takes either from the config.
+"""Files named by `data.shards`: paths, globs, brace ranges, directories or fsspec URLs, expanded to an ordered
+list of files; and how a file is opened. The formats that read files (`formats/`) resolve through here.
 
 Resolution happens before any compute: a pattern that matches nothing is a `ConfigError` naming it, so the
 CLI prints one line and exits 2.
@@ -8,7 +7,6 @@ CLI prints one line and exits 2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
@@ -17,20 +15,8 @@ from fsspec.core import url_to_fs
 
 from nami.config import ConfigError
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-PARQUET_SUFFIXES = (".parquet", ".pq")
-FORMATS = ("webdataset", "parquet", "hf")  # hf: datasets read by Hugging Face `datasets` (hf.py)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One input file: its URL (a plain path when local) and its format (`webdataset` or `parquet`). For `hf`,
-    shard number `part` of the dataset `origin` (an `hf.HfDataset`), and `url` names it."""
-
-    url: str
-    format: str
-    part: int = 0
-    origin: Any = None
+# fsspec protocol -> the package that implements it (fsspec names it in its ImportError, not how to get it)
+DRIVERS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "hf": "huggingface_hub"}
 
 
 def shard_patterns(spec: Any) -> list[str]:
@@ -47,50 +33,49 @@ def shard_patterns(spec: Any) -> list[str]:
     return list(spec)
 
 
-def detect_format(url: str, fmt: str = "auto") -> str:
-    """The shard's format: `fmt` when it is explicit, else from the file name."""
-    if fmt != "auto":
-        return fmt
-    name = url.lower().split("?", 1)[0]
-    if name.endswith(TAR_SUFFIXES):
-        return "webdataset"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    raise ConfigError("data.format", f"cannot tell the format of {url} from its name; set data.format")
+def list_files(spec: Any, suffixes: tuple[str, ...]) -> list[str]:
+    """Every file `data.shards` names, in pattern order then name order, without duplicates. A glob or a path
+    names files whatever their names; a directory stands for the files directly inside it whose names end
+    with one of `suffixes`."""
+    urls: list[str] = []
+    for pattern in shard_patterns(spec):
+        for one in braceexpand(pattern):  # img2dataset-style ranges: {00000..00099}.tar
+            found = _listing(one, suffixes)
+            if not found:
+                raise ConfigError("data.shards", f"{one} matches no file")
+            urls.extend(found)
+    seen: set[str] = set()
+    return [u for u in urls if not (u in seen or seen.add(u))]
+
+
+def has_suffix(url: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether the file name of `url` (query string aside) ends with one of `suffixes`, case-insensitively."""
+    return bool(suffixes) and url.lower().split("?", 1)[0].endswith(suffixes)
 
 
 def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def _expand(pattern: str, fmt: str) -> list[str]:
-    """Every file one pattern names, sorted; a directory stands for the shards directly inside it."""
+def _expand(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Every file one pattern names, sorted."""
     fs, path = url_to_fs(pattern)
     # detail=True: one listing gives the types, instead of one request per file on object stores
     if _has_magic(path):
         found = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
     elif fs.isdir(path):
-        wanted = {"webdataset": TAR_SUFFIXES, "parquet": PARQUET_SUFFIXES}.get(
-            fmt, TAR_SUFFIXES + PARQUET_SUFFIXES
-        )
         listing = fs.ls(path, detail=True)
-        found = sorted(
-            i["name"] for i in listing if i.get("type") == "file" and i["name"].lower().endswith(wanted)
-        )
+        found = sorted(i["name"] for i in listing if i.get("type") == "file" and has_suffix(i["name"], suffixes))
     else:
         found = [path] if fs.isfile(path) else []
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     return [p if local else fs.unstrip_protocol(p) for p in found]
 
 
-# fsspec protocol -> the package that implements it (fsspec names it in its ImportError, not how to get it)
-DRIVERS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "hf": "huggingface_hub"}
-
-
-def _listing(pattern: str, fmt: str) -> list[str]:
+def _listing(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
     """`_expand`, with a missing fsspec driver or an unreachable store as one ConfigError line."""
     try:
-        return _expand(pattern, fmt)
+        return _expand(pattern, suffixes)
     except ImportError as err:
         protocol = pattern.split("://", 1)[0] if "://" in pattern else "file"
         package = DRIVERS.get(protocol, f"the fsspec driver for {protocol}://")
@@ -98,35 +83,6 @@ def _listing(pattern: str, fmt: str) -> list[str]:
     except Exception as err:  # noqa: BLE001 - network and store errors come in many types; all mean "cannot list"
         detail = str(err).splitlines()[0] if str(err) else ""
         raise ConfigError("data.shards", f"cannot list {pattern} ({type(err).__name__}: {detail})") from None
-
-
-def resolve_data(data) -> list[Shard]:
-    """The shards the `data` section of a config names, in reading order (ConfigError naming the key)."""
-    if data.format == "hf":
-        from .hf import resolve_hf
-
-        return resolve_hf(data.shards, data.hf_split, data.hf_name, data.image_column, data.caption_column)
-    return resolve_shards(data.shards, data.format)
-
-
-def resolve_shards(spec: Any, fmt: str = "auto") -> list[Shard]:
-    """Expand `data.shards` into shards, in pattern order then name order, without duplicates."""
-    if fmt == "hf":  # datasets, not files; the config's split and columns: resolve_data
-        from .hf import resolve_hf
-
-        return resolve_hf(spec)
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ConfigError("data.format", f"unknown value {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
-    urls: list[str] = []
-    for pattern in shard_patterns(spec):
-        for one in braceexpand(pattern):  # img2dataset-style ranges: {00000..00099}.tar
-            found = _listing(one, fmt)
-            if not found:
-                raise ConfigError("data.shards", f"{one} matches no file")
-            urls.extend(found)
-    seen: set[str] = set()
-    unique = [u for u in urls if not (u in seen or seen.add(u))]
-    return [Shard(u, detect_format(u, fmt)) for u in unique]
 
 
 def open_shard(url: str) -> IO[bytes]:

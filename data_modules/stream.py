@@ -31,10 +31,13 @@ from itertools import islice
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from nami.flow import StageMix
+
 from .collate import BatchPlan, StageBatch, make_batch
-from .decode import DecodeOptions, Sample, Skip, decode_record
-from .records import Failure, Record, read_records
-from .sources import Shard
+from .decode import Decoder
+from .formats import format_of
+from .inputs import decoder_for
+from .records import Failure, Record, Sample, Shard, Skip
 from .split import Piece, worker_pieces
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ class StreamSpec:
     """Everything a worker needs to produce its batches (picklable, built once in the main process)."""
 
     shards: tuple[Shard, ...]
-    decode: DecodeOptions
+    decoder: Decoder  # one for the whole stream: images (ImageDecoder) or precomputed shards
     plan: BatchPlan
     rank: int = 0
     world_size: int = 1
@@ -67,17 +70,19 @@ class StreamSpec:
         train: bool = True,
         batches_per_step: int = 1,
         joint: bool | None = None,
+        mix: StageMix | None = None,
         **kw,
     ) -> StreamSpec:
         """One rank's stream. Training: random crops, shuffled, endless epochs and (unless joint=False)
-        stage groups; otherwise one epoch, centre crops, one full-resolution group."""
+        stage groups split by `mix`, the flow's stage mix; otherwise one epoch, centre crops, one
+        full-resolution group."""
         d = cfg.data
         joint = train if joint is None else joint
+        decoder = decoder_for(cfg)
         base = dict(
             shards=tuple(shards),
-            decode=DecodeOptions(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column,
-                                 d.precomputed),  # fmt: skip
-            plan=BatchPlan.from_config(cfg, joint=joint, batches_per_step=batches_per_step),
+            decoder=decoder,
+            plan=BatchPlan.from_config(cfg, mix, joint, batches_per_step, latents=decoder.latents),
             rank=rank,
             world_size=world_size,
             seed=cfg.seed,
@@ -192,7 +197,8 @@ class ShardStream(IterableDataset):
         spec = self.spec
         size = max(spec.shuffle_block, 1)
         shard = spec.shards[piece.shard]
-        items = read_records(shard, piece.stride, piece.offset, state.block * size, spec.key_column)
+        fmt = format_of(shard)
+        items = fmt.read(shard, piece.stride, piece.offset, state.block * size, spec.key_column)
         while block := list(islice(items, size)):
             order = list(range(len(block)))
             if spec.shuffle_block:
@@ -200,12 +206,12 @@ class ShardStream(IterableDataset):
                 random.Random(tag).shuffle(order)
             for i in range(state.offset, len(block)):
                 state.offset = i + 1
-                sample = self._decode(block[order[i]], state)
+                sample = self._decode(block[order[i]], fmt.columnar, state)
                 if sample is not None:
                     yield sample
             state.block, state.offset = state.block + 1, 0
 
-    def _decode(self, item: Record | Failure, state: WorkerState) -> Sample | None:
+    def _decode(self, item: Record | Failure, columnar: bool, state: WorkerState) -> Sample | None:
         if isinstance(item, Failure):
             if (item.reason, item.shard) not in self._warned:  # epochs repeat: say it once, count it every time
                 self._warned.add((item.reason, item.shard))
@@ -216,7 +222,7 @@ class ShardStream(IterableDataset):
             return None
         rng = random.Random(f"crop:{self.spec.seed}:{state.epoch}:{item.key}") if self.spec.train else None
         try:
-            return decode_record(item, self.spec.decode, state.repaired, rng, state.epoch)
+            return self.spec.decoder.decode(item, columnar, state.repaired, rng, state.epoch)
         except Skip as skip:
             log.debug("skipping %s (%s): %s", item.key, item.shard, skip)
             state.skipped[skip.reason] += 1

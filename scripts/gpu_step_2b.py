@@ -25,22 +25,25 @@ import time
 import torch
 
 
-def random_batch(cfg, seed: int = 0):
-    """One joint batch as precomputed shards give it: random latents and text of the configured shapes."""
+def random_batch(cfg, mix, seed: int = 0):
+    """One joint batch as precomputed shards give it: random latents and text of the configured shapes, split
+    by `mix` (the flow's stage mix)."""
     from data_modules.collate import BatchPlan, make_batch
-    from data_modules.decode import Sample
+    from data_modules.records import Sample
+    from nami.text_embedding import TextEmbedding
 
     g = torch.Generator().manual_seed(seed)
     t, side = cfg.text_encoder, cfg.latent_size
 
     def sample(i: int) -> Sample:
-        text = {"states": torch.randn(t.max_length, t.dim, generator=g),
-                "mask": torch.ones(t.max_length, dtype=torch.bool), "pooled": torch.randn(t.pooled_dim, generator=g)}
+        text = TextEmbedding(torch.randn(t.max_length, t.dim, generator=g), torch.ones(t.max_length, dtype=torch.bool),
+                             torch.randn(t.pooled_dim, generator=g))  # fmt: skip
         return Sample(f"{i:09d}", torch.randn(cfg.autoencoder.channels, side, side, generator=g), f"caption {i}",
                       {}, text=text)  # fmt: skip
 
     samples = [sample(i) for i in range(cfg.data.batch_size)]
-    return make_batch(samples, BatchPlan.from_config(cfg, joint=True), 0, random.Random(seed), {})
+    plan = BatchPlan.from_config(cfg, mix, joint=True, latents=True)
+    return make_batch(samples, plan, 0, random.Random(seed), {})
 
 
 def step_timer():
@@ -90,6 +93,7 @@ def main() -> int:
     from nami.parts import build_parts
     from nami.perf.throughput import rate
     from nami.sampling.precision import resolve_precision
+    from nami.text_embedding import TextEmbedding
 
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     fixed = ["data.precomputed=true", "trainer.strategy=fsdp", "trainer.devices=1", "trainer.num_nodes=1",
@@ -101,12 +105,12 @@ def main() -> int:
         return 2
 
     L.seed_everything(cfg.seed, verbose=False)
-    batch = random_batch(cfg)
     t = cfg.text_encoder
-    unconditional = {"states": torch.randn(1, t.max_length, t.dim), "pooled": torch.randn(1, t.pooled_dim),
-                     "mask": torch.ones(1, t.max_length, dtype=torch.bool)}  # fmt: skip
+    states, pooled = torch.randn(1, t.max_length, t.dim), torch.randn(1, t.pooled_dim)
+    unconditional = TextEmbedding(states, torch.ones(1, t.max_length, dtype=torch.bool), pooled)
     with torch.device(args.device):  # built where it trains: 8.5 GB of float32 weights need not pass the host
         module = JointFlowModule(cfg, build_parts(cfg, fitted=False, encoders=False), unconditional=unconditional)
+    batch = random_batch(cfg, module.flow.mix)
     tracked = [n for n, _ in module.ema.named_parameters()][-8:]  # the head and the last block: a cheap witness
     ema_before = {n: _full(p) for n, p in module.ema.named_parameters() if n in tracked}
     params = sum(p.numel() for p in module.model.parameters())

@@ -13,6 +13,7 @@ import struct
 import sys
 import tarfile
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,30 @@ def data_cfg(shards, *overrides: str):
 
     shards = shards if isinstance(shards, str) else "[" + ",".join(str(s) for s in shards) + "]"
     return load(TINY, [*LEARNED_TEXT, f"data.shards={shards}", *overrides])
+
+
+def flow_mix(cfg):
+    """The stage mix of the flow `cfg` describes: what the runner hands the data module (`parts.flow.mix`)."""
+    from nami.parts import build_parts
+
+    return build_parts(cfg, fitted=False, networks=False, encoders=False).flow.mix
+
+
+def read_as_readers(cfg, ranks: int, workers: int) -> tuple[list[str], Counter]:
+    """One evaluation epoch read as each of `ranks` x `workers` readers in turn (the training split, in this
+    process): every key read, in reading order, and the skips of all readers together. Exactly once means
+    the keys are the written ones without repeats, and each skip is counted by one reader."""
+    from data_modules import ShardStream, StreamSpec, WorkerState, resolve_data
+
+    shards = resolve_data(cfg.data)
+    keys, skipped = [], Counter()
+    for rank in range(ranks):
+        spec = StreamSpec.from_config(cfg, shards, rank, ranks, train=False)
+        for worker in range(workers):
+            state = WorkerState()
+            keys += [k for batch in ShardStream(spec).batches(worker, workers, state) for k in batch.all_keys()]
+            skipped += state.skipped
+    return keys, skipped
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -226,7 +251,7 @@ def _ddp_job(shards: str, out: str, max_steps: int, *overrides: str) -> None:
         default_root_dir=out,
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out, every_n_train_steps=3, save_top_k=-1)],
     )
-    trainer.fit(KeyRecorder(), datamodule=ShardDataModule(cfg))
+    trainer.fit(KeyRecorder(), datamodule=ShardDataModule(cfg, mix=flow_mix(cfg)))
 
 
 if __name__ == "__main__":

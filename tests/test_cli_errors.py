@@ -10,7 +10,7 @@ from PIL import Image
 
 from data_modules import ShardStream, StreamSpec, WorkerState, resolve_shards
 
-from .data_fixtures import data_cfg, encode, good, member_offset, rgb_png, write_tar
+from .data_fixtures import data_cfg, encode, flow_mix, good, member_offset, rgb_png, write_tar
 from .safety_fixtures import TINY, cli, one_error_line, run_args
 
 
@@ -104,7 +104,7 @@ def test_a_truncated_shard_is_warned_once_and_counted_every_epoch(tmp_path, capl
     cut = write_tar(tmp_path / "cut.tar", [good(f"c{i}", i) for i in range(4)])
     cut.write_bytes(cut.read_bytes()[: member_offset(cut, "c2.png") + 50])
     cfg = data_cfg(str(cut), "data.num_workers=0", "data.batch_size=2", "data.shuffle_buffer=0")
-    stream = ShardStream(StreamSpec.from_config(cfg, resolve_shards(cfg.data.shards)))
+    stream = ShardStream(StreamSpec.from_config(cfg, resolve_shards(cfg.data.shards), mix=flow_mix(cfg)))
     state = WorkerState()
     with caplog.at_level(logging.WARNING, logger="data_modules.stream"):
         samples = stream.samples(0, 1, state)

@@ -10,7 +10,7 @@ import torch
 from data_modules import BatchPlan, ShardStream, StreamSpec, WorkerState, resolve_shards, stage_counts
 from nami.flow import StageMix, data_pyramid
 
-from .data_fixtures import data_cfg, simple_shards
+from .data_fixtures import data_cfg, flow_mix, simple_shards
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_stage_counts_largest_remainder(size, ratios, counts):
 def _stream(tmp_path, *overrides, sizes=(13, 11)):
     simple_shards(tmp_path, list(sizes))
     cfg = data_cfg(str(tmp_path / "*.tar"), "data.shuffle_buffer=0", *overrides)
-    return cfg, StreamSpec.from_config(cfg, resolve_shards(cfg.data.shards))
+    return cfg, StreamSpec.from_config(cfg, resolve_shards(cfg.data.shards), mix=flow_mix(cfg))
 
 
 def test_ratio_schedule_follows_the_step_of_each_worker(tmp_path):
@@ -95,7 +95,8 @@ def test_batch_moves_to_device_and_keeps_metadata(tmp_path):
     moved = batch.to("cpu")
     assert moved.keys == batch.keys and all(torch.equal(a, b) for a, b in zip(moved.images, batch.images))
     assert len(batch) == 5 and batch.state["batches"] == 1 and batch.state["stream"] == "train"
-    assert BatchPlan.from_config(cfg).side(0) == cfg.stage_latent_sizes()[0]
+    assert BatchPlan.from_config(cfg, flow_mix(cfg)).side(0) == cfg.stage_latent_sizes()[0]
+    assert not batch.latents and batch.text is None  # pixels, captions only: the module encodes both
 
 
 def test_full_resolution_training_batches_for_bridge_fitting(tmp_path):
@@ -106,3 +107,15 @@ def test_full_resolution_training_batches_for_bridge_fitting(tmp_path):
     batch = next(iter(ShardDataModule(cfg, joint=False).train_dataloader()))
     assert batch.stages == [2] and batch.images[0].shape == (4, 3, 32, 32)
     assert batch.state["stream"] == "train"  # a training stream: its position is tracked for resume
+
+
+def test_joint_batches_follow_the_mix_they_are_given(tmp_path):
+    """The data side splits by the flow's StageMix object it receives, not by a copy rebuilt from cfg.flow."""
+    from data_modules import ShardDataModule
+
+    simple_shards(tmp_path, [5, 4])
+    cfg = data_cfg(str(tmp_path / "*.tar"), "data.batch_size=4", "data.num_workers=0", "flow.stage_ratios=[1,1,1]")
+    batch = next(iter(ShardDataModule(cfg, mix=StageMix((0.0, 1.0, 0.0))).train_dataloader()))
+    assert batch.ratios == [0.0, 1.0, 0.0] and batch.counts == [0, 4, 0]
+    with pytest.raises(ValueError, match="parts.flow.mix"):
+        ShardDataModule(cfg).train_dataloader()  # joint batches without the flow's mix

@@ -74,3 +74,33 @@ def test_bench_data_reports_both_rates_and_their_ratio(tmp_path, capsys):
     assert report["pipeline_samples_per_s"] > 0 and report["bare_decode_samples_per_s"] > 0
     expected = report["pipeline_samples_per_s"] / report["bare_decode_samples_per_s"]
     assert abs(report["ratio"] - expected) < 0.01 and report["samples"] == 300 and len(report["ratios"]) == 3
+
+
+def test_progress_off_a_terminal_is_a_plain_line_at_intervals():
+    """Under SLURM or nohup (no TTY) a bar would print nothing until the end: lines come every interval."""
+    import io
+
+    from data_modules.progress import Progress
+
+    now = [0.0]
+    out = io.StringIO()  # not a TTY
+    with Progress("encode rank 0", stream=out, interval=30.0, clock=lambda: now[0]) as progress:
+        for skipped in range(6):
+            now[0] += 10.0
+            progress.update(100, skipped)
+    lines = out.getvalue().splitlines()
+    assert lines == ["encode rank 0: 300 samples, 10.0 samples/s, 2 skipped (0:00:30 elapsed)",
+                     "encode rank 0: 600 samples, 10.0 samples/s, 5 skipped (0:01:00 elapsed)"]  # fmt: skip
+
+
+def test_check_progress_goes_to_stderr_and_json_stays_alone_on_stdout(tmp_path, capsys, monkeypatch):
+    import data_modules.progress
+
+    monkeypatch.setattr(data_modules.progress, "PLAIN_INTERVAL_S", 0.0)  # a line after every batch
+    paths, expected = bad_set(tmp_path)
+    shards = "data.shards=[" + ",".join(map(str, paths)) + "]"
+    code, out, err = _run(capsys, "data", "check", TINY, *LEARNED_TEXT, shards, *BAD_SET_OPTIONS, "--json")
+    assert code == 0 and json.loads(out)["samples"] == len(expected)  # stdout: the one JSON object
+    progress = [line for line in err.splitlines() if line.startswith("data check: ")]
+    assert progress and progress[-1].startswith(f"data check: {len(expected)} samples, ")
+    assert f", {sum(BAD_SET_SKIPS.values())} skipped (" in progress[-1]  # the final counts, every reason

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.decode import Skip, image_tensor
+from data_modules.decode import image_tensor
+from data_modules.records import Skip
 
 from .data_fixtures import bomb_png, encode, mode_images
 

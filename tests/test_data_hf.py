@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from data_modules import ShardStream, StreamSpec, WorkerState
-from data_modules.records import Record, read_records
-from data_modules.sources import resolve_data
+from data_modules.formats import read_records, resolve_data
+from data_modules.records import Record
 from nami.config import ConfigError
 
 from .data_fixtures import data_cfg, rgb_png

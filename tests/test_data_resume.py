@@ -10,7 +10,7 @@ import torch
 
 from data_modules import ShardDataModule
 
-from .data_fixtures import data_cfg, good, rgb_png, simple_shards, write_tar
+from .data_fixtures import data_cfg, flow_mix, good, rgb_png, simple_shards, write_tar
 from .hf_fixtures import HF_OPTIONS, write_hf
 
 
@@ -62,12 +62,13 @@ def test_resume_continues_the_uninterrupted_sequence(tmp_path, shuffle, source):
         spec, "data.batch_size=4", "data.num_workers=2", f"data.shuffle_buffer={shuffle}", *options
     )
     total, stop = 18, 7  # 18 batches of 4 = 72 samples: over three epochs of 24
-    uninterrupted = ShardDataModule(cfg)
+    mix = flow_mix(cfg)
+    uninterrupted = ShardDataModule(cfg, mix=mix)
     full = _keys(_take(uninterrupted, total))
-    first = ShardDataModule(cfg)
+    first = ShardDataModule(cfg, mix=mix)
     head = _keys(_take(first, stop, prefetch=2))
     state = first.state_dict()
-    second = ShardDataModule(cfg)
+    second = ShardDataModule(cfg, mix=mix)
     second.load_state_dict(state)
     tail = _keys(_take(second, total - stop))
     assert head + tail == full  # nothing lost, nothing repeated, same order (also with shuffling)
@@ -85,9 +86,10 @@ def test_resume_continues_the_uninterrupted_sequence(tmp_path, shuffle, source):
 def test_changed_worker_count_restarts_with_a_warning(tmp_path):
     _shards(tmp_path)
     cfg = data_cfg(str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=2")
-    dm = ShardDataModule(cfg)
+    dm = ShardDataModule(cfg, mix=flow_mix(cfg))
     _take(dm, 3)
-    other = ShardDataModule(data_cfg(str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=1"))
+    fewer = data_cfg(str(tmp_path / "s*"), "data.batch_size=4", "data.num_workers=1")
+    other = ShardDataModule(fewer, mix=flow_mix(fewer))
     other.load_state_dict(dm.state_dict())
     with pytest.warns(UserWarning, match="data position not restored"):
         other.train_dataloader()
@@ -121,7 +123,7 @@ def _fit(cfg, root, max_steps, ckpt=None, every=None):
         callbacks=callbacks if every else None,
         enable_checkpointing=bool(every),
     )
-    trainer.fit(module, datamodule=ShardDataModule(cfg), ckpt_path=ckpt)
+    trainer.fit(module, datamodule=ShardDataModule(cfg, mix=flow_mix(cfg)), ckpt_path=ckpt)
     return module.seen
 
 

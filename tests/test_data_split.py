@@ -7,11 +7,11 @@ import itertools
 import pytest
 
 from data_modules import ShardStream, StreamSpec, WorkerState, resolve_shards, split_pieces, worker_pieces
-from data_modules.sources import resolve_data
+from data_modules.formats import resolve_data
 from data_modules.split import Piece
 from nami.config import ConfigError
 
-from .data_fixtures import data_cfg, simple_shards
+from .data_fixtures import data_cfg, read_as_readers, simple_shards
 from .hf_fixtures import SOURCES, source_set
 
 
@@ -83,14 +83,8 @@ def test_uneven_shards_stream_exactly_once(tmp_path, source):
     """Real shards of unequal sizes read as 2 ranks x 2 workers: the union is the set written, no repeats."""
     spec, options, keys = source_set(tmp_path, source, [5, 9, 2])
     cfg = data_cfg(spec, "data.batch_size=3", *options)
-    shards = resolve_data(cfg.data)
-    assert len(shards) == (1 if source == "hf-imagefolder" else 3)
-    seen = []
-    for rank in range(2):
-        spec = StreamSpec.from_config(cfg, shards, rank, 2, train=False)
-        for worker in range(2):
-            for batch in ShardStream(spec).batches(worker, 2, WorkerState()):
-                seen += batch.all_keys()
+    assert len(resolve_data(cfg.data)) == (1 if source == "hf-imagefolder" else 3)
+    seen, _ = read_as_readers(cfg, ranks=2, workers=2)
     assert sorted(seen) == sorted(keys)
 
 

@@ -23,7 +23,7 @@ def _bad_cfg(root, source, *overrides):
 
 def _eval_samples(cfg):
     """key -> (caption, metadata, image) over one pass in this process."""
-    from data_modules.sources import resolve_shards
+    from data_modules import resolve_shards
 
     spec = StreamSpec.from_config(cfg, resolve_shards(cfg.data.shards), train=False)
     state = WorkerState()

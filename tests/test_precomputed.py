@@ -52,13 +52,13 @@ def encode(cfg, out, **kw):
 def first_batch(cfg):
     from data_modules import ShardDataModule
 
-    data = ShardDataModule(cfg)
+    data = ShardDataModule(cfg, mix=parts_flow(cfg).mix)
     return data, next(iter(data.train_dataloader()))
 
 
 def stored_keys(out) -> list[str]:
     """The source keys of every record in the encoded shards, in file order."""
-    from data_modules.encoded import payload_header
+    from data_modules.precomputed import payload_header
 
     keys = []
     for path in sorted(out.glob("*.tar")):
@@ -96,6 +96,9 @@ def test_a_step_from_precomputed_shards_has_the_loss_of_online_encoding(tmp_path
     _, online_batch = first_batch(cfg)
     data, stored_batch = first_batch(pre)
     assert stored_batch.text is not None and online_batch.text is None
+    assert stored_batch.latents and not online_batch.latents and not stored_batch.pooled  # the batch says what it holds
+    assert all(isinstance(t, TextEmbedding) for t in stored_batch.text)
+    assert isinstance(data.unconditional(), TextEmbedding) and data.unconditional().states.shape[0] == 1
     assert stored_batch.keys == online_batch.keys  # the same samples in the same stage groups
     gen = step_generator(cfg.seed, 0, 0)
     dropped = [c == "" for g in online_batch.captions if g for c in parts_flow(cfg).drop_captions(g, gen)]
@@ -154,6 +157,7 @@ def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tin
     pre = precomputed(cfg, tmp_path)
     batches = [next(iter(ShardDataModule(c, joint=False).train_dataloader())) for c in (cfg, pre)]
     assert batches[0].keys == batches[1].keys
+    assert batches[1].latents and not batches[0].latents
     online = BridgePretrainModule(cfg, build_parts(cfg, fitted=False, networks=False))
     stored = BridgePretrainModule(pre)  # no autoencoder: the pairs come from the stored latents
     assert stored.autoencoder is None
@@ -161,7 +165,8 @@ def test_bridge_fitting_pairs_from_precomputed_shards_equal_online(tmp_path, tin
         assert k == k2 and torch.allclose(u, u2, atol=1e-5) and torch.allclose(y, y2, atol=1e-5)
 
 
-def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, tiny_models):
+def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, tiny_models, capsys, monkeypatch):
+    import data_modules.progress
     from data_modules.check import check_data
 
     paths, expected = bad_set(tmp_path)
@@ -169,7 +174,11 @@ def test_encode_reads_every_sample_once_across_ranks_and_counts_skips(tmp_path, 
     cfg = frozen_cfg(tiny_models, [str(p) for p in paths] + [str(tmp_path / "good*.tar")], *BAD_SET_OPTIONS,
                      "data.num_workers=2", "data.batch_size=4")  # fmt: skip
     out = tmp_path / "enc"
+    monkeypatch.setattr(data_modules.progress, "PLAIN_INTERVAL_S", 0.0)  # off a TTY: a line after every batch
     reports = [encode(cfg, out, rank=r, world_size=2, shard_size=3) for r in range(2)]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("encode rank 1: ")]
+    samples, skipped = reports[1]["samples"], sum(reports[1]["skipped"].values())
+    assert lines[-1].startswith(f"encode rank 1: {samples} samples, ") and f", {skipped} skipped (" in lines[-1]
     assert sorted(stored_keys(out)) == sorted([*expected, *keys])  # each good sample once, nothing else
     skipped = sum((Counter(r["skipped"]) for r in reports), Counter())
     assert +skipped == BAD_SET_SKIPS  # the training reader's reasons and counts

@@ -152,7 +152,7 @@ def _check_not_owned(overrides: list[str], where: str, allow_name: bool) -> None
 
 
 def _check_data(cfg: NamiConfig) -> None:
-    from data_modules.sources import resolve_data
+    from data_modules import resolve_data
 
     resolve_data(cfg.data)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 

@@ -12,7 +12,11 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     """Data pipeline samples/s next to a bare decode+resize loop over the same files."""
     from data_modules.bench import bench_data, format_bench
 
-    report = bench_data(load(args.config, args.overrides), samples=args.samples)
+    from ..parts import build_parts
+
+    cfg = load(args.config, args.overrides)
+    flow = build_parts(cfg, fitted=False, networks=False, encoders=False).flow  # its stage mix splits the batches
+    report = bench_data(cfg, flow.mix, samples=args.samples)
     return print_report(args, report, format_bench)
 
 

@@ -10,7 +10,6 @@ from .schema import DataConfig, NamiConfig
 
 # Choices that belong to the config itself; component names come from `nami.registry`.
 LR_SCHEDULES = ("constant", "cosine")
-DATA_FORMATS = ("auto", "webdataset", "parquet", "hf")
 TEXT_POOLINGS = ("auto", "first", "mean")
 SAMPLER_PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "fp16-true")
 RUN_DIR_POLICIES = ("error", "new", "overwrite")
@@ -154,7 +153,7 @@ def _check_data(d: DataConfig) -> None:
     shards = [d.shards] if isinstance(d.shards, str) else d.shards
     if not isinstance(shards, list) or not all(isinstance(p, str) and p for p in shards):
         raise ConfigError("data.shards", f"must be a path, glob or URL, or a list of them; got {d.shards!r}")
-    _check_choice("data.format", d.format, DATA_FORMATS)
+    _check_choice("data.format", d.format, ("auto", *registry.DATA_FORMATS.names()))  # auto: by file suffix
     for key in ("num_workers", "min_size", "shuffle_buffer"):
         if getattr(d, key) is not None and getattr(d, key) < 0:
             raise ConfigError(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")

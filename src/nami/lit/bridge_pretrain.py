@@ -55,11 +55,11 @@ class BridgePretrainModule(L.LightningModule):
         return torch.optim.AdamW(self.bridge.parameters(), lr=self.cfg.bridge.lr, weight_decay=0.0)
 
     def pairs(self, batch, batch_idx: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(u, y, k) for every transition from each full-resolution image (or stored latent: data.precomputed)
-        and one noise draw."""
+        """(u, y, k) for every transition from each full-resolution image (or stored latent: `batch.latents`,
+        data.precomputed) and one noise draw."""
         gen = step_generator(self.cfg.seed, self.global_rank, batch_idx, self.device)
         x = torch.cat(batch.images)
-        latents = x if getattr(batch, "text", None) is not None else self.autoencoder.encode(x)
+        latents = x if batch.latents else self.autoencoder.encode(x)
         return self.flow.bridge_pairs(latents.float(), gen)
 
     def training_step(self, batch, batch_idx):

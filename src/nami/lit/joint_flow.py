@@ -40,14 +40,16 @@ class JointFlowModule(L.LightningModule):
     Receives its parts built (`nami.parts.build_parts`); built from `config` alone when Lightning restores it
     with `load_from_checkpoint` (the checkpoint then fills in every weight, the bridge's included).
 
-    A batch from precomputed shards (`batch.text` set: data.precomputed) holds full-size latents and stored text
-    embeddings: the module pools the latents per stage and swaps in `unconditional` (the stored embedding of the
-    empty prompt) where caption dropout drops a caption. Its parts then come without the frozen encoders
-    (`build_parts(..., encoders=False)`); sampling builds them on first use (`encoders`).
+    The batch says what it holds (`data_modules.StageBatch`): pixels or latents (`latents`), already pooled to
+    each stage or not (`pooled`), and stored text embeddings or captions only (`text`). A batch from
+    precomputed shards (data.precomputed) holds full-size latents and stored text embeddings: the module pools
+    the latents per stage and swaps in `unconditional` (the stored embedding of the empty prompt) where caption
+    dropout drops a caption. Its parts then come without the frozen encoders (`build_parts(...,
+    encoders=False)`); sampling builds them on first use (`encoders`).
     """
 
     def __init__(self, config: NamiConfig | dict, parts: Parts | None = None,
-                 unconditional: TextEmbedding | dict | None = None):  # fmt: skip
+                 unconditional: TextEmbedding | None = None):  # fmt: skip
         super().__init__()
         cfg = config if isinstance(config, NamiConfig) else config_from_dict(config)
         self.cfg = cfg
@@ -65,8 +67,6 @@ class JointFlowModule(L.LightningModule):
             self._hold_frozen("text_encoder", parts.text_encoder)
         if parts.autoencoder is not None:
             self._hold_frozen("autoencoder", parts.autoencoder)
-        if isinstance(unconditional, dict):
-            unconditional = TextEmbedding(unconditional["states"], unconditional["mask"], unconditional["pooled"])
         self.unconditional = unconditional  # moved to the device on first use
         self.bridge = parts.bridge.requires_grad_(False).eval()
         self.flow = parts.flow
@@ -148,31 +148,32 @@ class JointFlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- training -------------------------------------------------------------------------------------
-    def stage_latents(self, images: torch.Tensor, k: int, pooled: bool, encoded: bool = False) -> torch.Tensor:
+    def stage_latents(self, images: torch.Tensor, k: int, pooled: bool, latents: bool = False) -> torch.Tensor:
         """Model-space data of one stage group. `pooled` groups were already brought to the stage's side in
         the data workers (pixel space); otherwise the images are full resolution and the pyramid is built on
-        the latents (VAE(Down(img)) != Down(VAE(img))). `encoded`: the group holds stored full-size latents."""
-        latents = images.float() if encoded else self.autoencoder.encode(images)
-        return latents if pooled else self.flow.stage_latents(latents, k)
+        the latents (VAE(Down(img)) != Down(VAE(img))). `latents`: the group holds stored full-size latents."""
+        x = images.float() if latents else self.autoencoder.encode(images)
+        return x if pooled else self.flow.stage_latents(x, k)
 
-    def stage_text(self, captions: list[str], stored: dict | None, generator: torch.Generator) -> TextEmbedding:
+    def stage_text(self, captions: list[str], precomputed: TextEmbedding | None,
+                   generator: torch.Generator) -> TextEmbedding:  # fmt: skip
         """The conditioning of one group after caption dropout (drawn from `generator` either way): encoded
-        now, or the `stored` embeddings with the unconditional one where a caption was dropped."""
-        if stored is None:
+        now, or the `precomputed` embeddings with the unconditional one where a caption was dropped."""
+        if precomputed is None:
             kept = self.flow.drop_captions(captions, generator)
             return self.text_encoder(kept).to(self.device).for_attention()
         keep = self.flow.kept_captions(len(captions), generator)
-        stored = TextEmbedding(stored["states"].float(), stored["mask"].bool(), stored["pooled"].float())
+        text = TextEmbedding(precomputed.states.float(), precomputed.mask.bool(), precomputed.pooled.float())
         if all(keep):
-            return stored.for_attention()
+            return text.for_attention()
         if self.unconditional is None:
             raise RuntimeError("training from precomputed shards needs the stored unconditional embedding "
                                "(JointFlowModule(..., unconditional=datamodule.unconditional()))")  # fmt: skip
         u = self.unconditional = self.unconditional.to(self.device)
         rows = torch.tensor(keep, device=self.device)
-        return TextEmbedding(torch.where(rows[:, None, None], stored.states, u.states.float()),
-                             torch.where(rows[:, None], stored.mask, u.mask.bool()),
-                             torch.where(rows[:, None], stored.pooled, u.pooled.float())).for_attention()  # fmt: skip
+        return TextEmbedding(torch.where(rows[:, None, None], text.states, u.states.float()),
+                             torch.where(rows[:, None], text.mask, u.mask.bool()),
+                             torch.where(rows[:, None], text.pooled, u.pooled.float())).for_attention()  # fmt: skip
 
     def stage_losses(self, batch) -> StageLosses:
         """The flow's per-stage losses for one batch; noise and sigma' come from a generator fixed by
@@ -180,11 +181,11 @@ class JointFlowModule(L.LightningModule):
         gen = step_generator(self.cfg.seed, self.global_rank, self.global_step, self.device)
         cpu_gen = step_generator(self.cfg.seed, self.global_rank, self.global_step)
         latents, text = [], []
-        stored = batch.text or [None] * len(batch.images)
-        for images, captions, k, group_text in zip(batch.images, batch.captions, batch.stages, stored):
+        precomputed = batch.text if batch.text is not None else [None] * len(batch.images)
+        for images, captions, k, group_text in zip(batch.images, batch.captions, batch.stages, precomputed):
             if len(captions) == 0:
                 continue
-            latents.append((k, self.stage_latents(images, k, batch.pooled, encoded=group_text is not None)))
+            latents.append((k, self.stage_latents(images, k, batch.pooled, latents=batch.latents)))
             text.append(self.stage_text(captions, group_text, cpu_gen))
         return self.flow.training_losses(model_fn(self.model), latents, text, gen)
 

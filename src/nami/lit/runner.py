@@ -77,13 +77,11 @@ def trainer_for(cfg: NamiConfig, run: RunDir | None, logger, callbacks, find_unu
     return L.Trainer(**kwargs)
 
 
-def _datamodule(cfg: NamiConfig, joint: bool):
-    from data_modules import ShardDataModule
+def _usable_shards(cfg: NamiConfig):
+    """data.shards resolved, checked and probed for one usable sample: bad inputs stop before any model work."""
+    from data_modules import usable_shards
 
-    data = ShardDataModule(cfg, joint=joint)
-    data.setup("fit")  # resolve data.shards now: a bad path stops before any model is built
-    data.probe()  # and shards without one usable sample
-    return data
+    return usable_shards(cfg)
 
 
 # ---- BridgeFlow pretraining -------------------------------------------------------------------------------
@@ -98,7 +96,9 @@ class BridgeFit:
 def pretrain_bridges(cfg: NamiConfig) -> BridgeFit:
     """Fit the configured bridge kind; write bridges.safetensors and bridge_report.json into the run directory."""
     check_device(cfg)
-    data = _datamodule(cfg, joint=False)
+    from data_modules import ShardDataModule
+
+    data = ShardDataModule(cfg, joint=False, shards=_usable_shards(cfg))  # bad shards stop before anything is written
     run = RunDir.claim(cfg, training=False)
     with run.lock():
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -132,7 +132,9 @@ def stage_can_be_empty(module: JointFlowModule, batch_size: int) -> bool:
 def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) -> RunDir:
     """Joint multi-resolution flow training (resumable); returns the run directory."""
     check_device(cfg)
-    data = _datamodule(cfg, joint=True)  # bad shards stop here, before anything is written
+    from data_modules import ShardDataModule
+
+    shards = _usable_shards(cfg)  # bad shards stop here, before anything is written
     run = RunDir.claim(cfg, training=True)
     with run.lock():
         ckpt_path = run.resume_checkpoint(cfg.trainer.resume)
@@ -140,11 +142,11 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
         # here, before the model is built
         bridge = fitted_bridge(cfg, init_directory(cfg) or run.path)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if cfg.data.precomputed:  # stored latents and text states: no frozen encoder is built or loaded
-            parts = build_parts(cfg, bridge=bridge, encoders=False)
-            module = module_cls(cfg, parts, unconditional=data.unconditional())
-        else:
-            module = module_cls(cfg, build_parts(cfg, bridge=bridge))
+        # data.precomputed: stored latents and text states, so no frozen encoder is built or loaded
+        parts = build_parts(cfg, bridge=bridge, encoders=not cfg.data.precomputed)
+        data = ShardDataModule(cfg, mix=parts.flow.mix, shards=shards)  # batches split by the flow's stage mix
+        unconditional = data.unconditional() if cfg.data.precomputed else None
+        module = module_cls(cfg, parts, unconditional=unconditional)
         load_initial_weights(module, cfg)  # trainer.init_from
         trainer = trainer_for(cfg, run, TensorBoardLogger(str(run.path), name="", version=TENSORBOARD,
                                                           default_hp_metric=False),

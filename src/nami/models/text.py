@@ -10,7 +10,6 @@ The empty prompt "" is the unconditional input for classifier-free guidance (or 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,30 +18,7 @@ from torch import nn
 from ..config import ConfigError, TextEncoderConfig
 from ..config.validation import check_built
 from ..registry import TEXT_ENCODERS
-
-
-@dataclass
-class TextEmbedding:
-    """states (B, L, dim), mask (B, L) bool (True = real token; None after `for_attention` when all are),
-    pooled (B, pooled_dim)."""
-
-    states: torch.Tensor
-    mask: torch.Tensor | None
-    pooled: torch.Tensor
-
-    def to(self, device: torch.device | str) -> "TextEmbedding":
-        mask = None if self.mask is None else self.mask.to(device)
-        return TextEmbedding(self.states.to(device), mask, self.pooled.to(device))
-
-    def for_attention(self) -> "TextEmbedding":
-        """This embedding with mask None when every token is real (the MM-DiT then attends without a mask, and
-        SDPA may take its fastest kernels). Reads the mask on the host once: call it once per prompt batch,
-        not per forward, so the sampling loop never waits on the device."""
-        return TextEmbedding(self.states, None, self.pooled) if bool(self.mask.all()) else self
-
-    @staticmethod
-    def cat(items: list["TextEmbedding"]) -> "TextEmbedding":
-        return TextEmbedding(*(torch.cat([getattr(e, f) for e in items]) for f in ("states", "mask", "pooled")))
+from ..text_embedding import TextEmbedding
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -116,14 +116,15 @@ def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int)
             "renoise_transition_s": times["renoise"]}  # fmt: skip
 
 
-def synthetic_batch(cfg: NamiConfig, joint: bool = True, encoders: tuple | None = None):
-    """A data-module batch of random images and the configured captions, built by the real collate. With
-    `encoders` (text encoder, autoencoder) it is the batch precomputed shards give for the same samples: full-size
-    latents and stored text embeddings (what `nami data encode` writes)."""
+def synthetic_batch(cfg: NamiConfig, mix, joint: bool = True, encoders: tuple | None = None):
+    """A data-module batch of random images and the configured captions, built by the real collate (joint
+    batches split by `mix`, the flow's stage mix). With `encoders` (text encoder, autoencoder) it is the batch
+    precomputed shards give for the same samples: full-size latents and stored text embeddings (what
+    `nami data encode` writes)."""
     import random
 
     from data_modules.collate import BatchPlan, make_batch
-    from data_modules.decode import Sample
+    from data_modules.records import Sample
 
     g = torch.Generator().manual_seed(0)
     prompts = cfg.log.sample_prompts
@@ -132,16 +133,14 @@ def synthetic_batch(cfg: NamiConfig, joint: bool = True, encoders: tuple | None 
                prompts[i % len(prompts)], {})
         for i in range(cfg.data.batch_size)
     ]  # fmt: skip
-    plan = BatchPlan.from_config(cfg, joint=joint)
+    # stored latents are full size (the module pools them)
+    plan = BatchPlan.from_config(cfg, mix, joint=joint, latents=encoders is not None)
     if encoders is not None:
         text_encoder, autoencoder = encoders
         with torch.no_grad():
             latents = autoencoder.encode(torch.stack([s.image for s in samples])).cpu()
-            text = text_encoder([s.caption for s in samples])
-        fields = {"states": text.states.cpu(), "mask": text.mask.cpu(), "pooled": text.pooled.cpu()}
-        samples = [replace(s, image=latents[i], text={k: v[i] for k, v in fields.items()})
-                   for i, s in enumerate(samples)]  # fmt: skip
-        plan = replace(plan, pooled=False)  # stored latents are full size; the module pools them
+            text = text_encoder([s.caption for s in samples]).to("cpu")
+        samples = [replace(s, image=latents[i], text=text.row(i)) for i, s in enumerate(samples)]
     return make_batch(samples, plan, 0, random.Random(0), {})
 
 
@@ -155,16 +154,18 @@ def bench_training(cfg: NamiConfig, repeats: int = 3, compare_data: bool = False
 
     parts = build_parts(cfg, fitted=False)  # with the encoders: the online step and the stored inputs need them
     module = JointFlowModule(cfg, parts)
-    stored = not parts.text_encoder.trainable
+    precomputable = not parts.text_encoder.trainable
     encoders = (parts.text_encoder, parts.autoencoder)
     joint = "precomputed" if cfg.data.precomputed else "online"
-    paths = [joint] + ([{"online": "precomputed", "precomputed": "online"}[joint]] if compare_data and stored else [])
-    batches = {path: synthetic_batch(cfg, True, encoders if path == "precomputed" else None) for path in paths}
-    batches["full_resolution"] = synthetic_batch(cfg, False, encoders if cfg.data.precomputed else None)
+    other = {"online": "precomputed", "precomputed": "online"}[joint]
+    paths = [joint] + ([other] if compare_data and precomputable else [])
+    mix = parts.flow.mix
+    batches = {path: synthetic_batch(cfg, mix, True, encoders if path == "precomputed" else None) for path in paths}
+    batches["full_resolution"] = synthetic_batch(cfg, mix, False, encoders if cfg.data.precomputed else None)
     device = torch.device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")
     module = module.to(device)
     batches = {name: b.to(device) for name, b in batches.items()}
-    if stored:
+    if precomputable:
         with torch.no_grad():
             module.unconditional = module.text_encoder([""])  # what caption dropout swaps in for stored text
     optimizer = torch.optim.AdamW(module.trainable().parameters(), lr=1e-4)

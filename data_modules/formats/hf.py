@@ -17,8 +17,8 @@ every stride-th record, `decode(False)` hands over the image bytes undecoded, an
 (`iter`, unlike `__iter__`, does not re-split the shard among DataLoader workers: the kit already did).
 
 Records are numbered 0, 1, ... within a library shard; a reader owns `index % stride == offset` from its
-`start`-th owned record on (the contract of `records.read_records`). Decoding, skips and counters are the
-kit's (`decode.py`), the same as for parquet rows.
+`start`-th owned record on (the contract of `Format.read`). Records are rows by column, as parquet's are:
+decoding, skips and counters are the kit's (`decode.py`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from typing import Any
 
 from nami.config import ConfigError
 
-from .records import Failure, Record
-from .sources import Shard, open_shard
+from ..records import Failure, Record, Shard, reports_bad_shard
+from ..sources import open_shard, shard_patterns
+from .base import register_format
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +117,25 @@ def _dataset(origin: HfDataset):
     return _OPEN[origin]
 
 
-def resolve_hf(
-    spec: Any,
-    split: str = "train",
-    name: str | None = None,
-    image_column: str = "image",
-    caption_column: str = "caption",
-) -> list[Shard]:
+@register_format
+class HuggingFace:
+    """Datasets `datasets.load_dataset(..., streaming=True)` reads; never chosen by a file name."""
+
+    name = "hf"
+    suffixes = ()
+    columnar = True
+
+    def resolve(self, spec: Any, data: Any) -> list[Shard]:
+        return resolve_hf(spec, data.hf_split, data.hf_name, data.image_column, data.caption_column)
+
+    def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0,
+             key_column: str = "key") -> Iterator[Record | Failure]:  # fmt: skip
+        return hf_records(shard, stride, offset, start, key_column)
+
+
+def resolve_hf(spec: Any, split: str, name: str | None, image_column: str, caption_column: str) -> list[Shard]:
     """Open each dataset `data.shards` names (ConfigError naming the key when one cannot be read) and list
     its library shards as the kit's shards, dataset after dataset."""
-    from .sources import shard_patterns
-
     shards: list[Shard] = []
     for path in shard_patterns(spec):
         saved = _is_saved(path)
@@ -148,7 +157,7 @@ def resolve_hf(
                 raise ConfigError(key, f"{column!r} is not a column of {path} (columns: {have})")
         origin = HfDataset(path, name, split, saved, data.num_shards, image_column)
         _OPEN[origin] = data
-        shards += [Shard(origin.shard_url(i), "hf", i, origin) for i in range(origin.num_shards)]
+        shards += [Shard(origin.shard_url(i), HuggingFace.name, i, origin) for i in range(origin.num_shards)]
     return shards
 
 
@@ -182,7 +191,7 @@ def hf_records(
     try:
         data = _dataset(origin).shard(num_shards=origin.num_shards, index=shard.part)
     except Exception as err:  # noqa: BLE001 - the dataset moved or broke since it was resolved
-        if offset == 0 and start == 0:  # exactly one reader of a shard owns index 0: it reports
+        if reports_bad_shard(offset, start):
             yield Failure("bad_shard", -1, shard.url, str(err))
         return
     first = offset + start * stride  # raw index of the first owned record
@@ -213,5 +222,5 @@ def hf_records(
             key = str(value) if value is not None else f"{shard.url}:{index}"
             if origin.image_column in row:
                 row[origin.image_column] = _image_bytes(row[origin.image_column])
-            yield Record(key, index, shard.url, "hf", row)
+            yield Record(key, index, shard.url, row)
             index += stride

@@ -18,32 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 
 import torch
-
-
-def random_batch(cfg, mix, seed: int = 0):
-    """One joint batch as precomputed shards give it: random latents and text of the configured shapes, split
-    by `mix` (the flow's stage mix)."""
-    from data_modules.collate import BatchPlan, make_batch
-    from data_modules.records import Sample
-    from nami.text_embedding import TextEmbedding
-
-    g = torch.Generator().manual_seed(seed)
-    t, side = cfg.text_encoder, cfg.latent_size
-
-    def sample(i: int) -> Sample:
-        text = TextEmbedding(torch.randn(t.max_length, t.dim, generator=g), torch.ones(t.max_length, dtype=torch.bool),
-                             torch.randn(t.pooled_dim, generator=g))  # fmt: skip
-        return Sample(f"{i:09d}", torch.randn(cfg.autoencoder.channels, side, side, generator=g), f"caption {i}",
-                      {}, text=text)  # fmt: skip
-
-    samples = [sample(i) for i in range(cfg.data.batch_size)]
-    plan = BatchPlan.from_config(cfg, mix, joint=True, latents=True)
-    return make_batch(samples, plan, 0, random.Random(seed), {})
 
 
 def step_timer():
@@ -91,6 +69,7 @@ def main() -> int:
     from nami.lit.joint_flow import JointFlowModule
     from nami.lit.runner import trainer_for
     from nami.parts import build_parts
+    from nami.perf.bench import synthetic_batch
     from nami.perf.throughput import rate
     from nami.sampling.precision import resolve_precision
     from nami.text_embedding import TextEmbedding
@@ -110,7 +89,7 @@ def main() -> int:
     unconditional = TextEmbedding(states, torch.ones(1, t.max_length, dtype=torch.bool), pooled)
     with torch.device(args.device):  # built where it trains: 8.5 GB of float32 weights need not pass the host
         module = JointFlowModule(cfg, build_parts(cfg, fitted=False, encoders=False), unconditional=unconditional)
-    batch = random_batch(cfg, module.flow.mix)
+    batch = synthetic_batch(cfg, module.flow.mix, random_latents=True)  # what precomputed shards give
     tracked = [n for n, _ in module.ema.named_parameters()][-8:]  # the head and the last block: a cheap witness
     ema_before = {n: _full(p) for n, p in module.ema.named_parameters() if n in tracked}
     params = sum(p.numel() for p in module.model.parameters())

@@ -129,3 +129,37 @@ def test_train_2b_without_cuda_exits_2_with_one_line():
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "trainer.accelerator" in lines[0] and "CUDA" in lines[0], result.stderr
+
+
+def test_skipped_samples_are_logged_by_reason_and_only_reasons_met(tmp_path):
+    """data/skipped_<reason> in TensorBoard for the reasons the stream met, summed; no rows of zeros for the
+    reasons it did not meet (issue 21, the console)."""
+    from .data_fixtures import good, write_tar
+
+    samples = [good(f"k{i:03d}", i) for i in range(12)]
+    samples.insert(3, {"__key__": "nocap", "png": samples[0]["png"]})  # no caption
+    samples.insert(7, {"__key__": "junk", "png": b"not an image", "txt": b"junk"})  # undecodable
+    write_tar(tmp_path / "mixed.tar", samples)
+    cfg = tiny(tmp_path, tmp_path, "bridge.kind=identity", "trainer.max_steps=3", "trainer.log_every_n_steps=1",
+               f"data.shards={tmp_path}/mixed.tar", "data.shuffle_buffer=0", "data.min_size=0")  # fmt: skip
+    run = train(cfg)
+    scalars = tensorboard_scalars(run / "tb")
+    skipped = {tag: values for tag, values in scalars.items() if tag.startswith("data/skipped_")}
+    assert set(skipped) == {"data/skipped_no_caption", "data/skipped_undecodable"}, set(skipped)
+    assert max(skipped["data/skipped_no_caption"].values()) >= 1 and max(skipped["data/skipped_undecodable"].values()) >= 1
+
+
+def test_a_training_run_prints_one_bar_and_no_library_noise(tmp_path, shapes):
+    """One `train steps` bar (no `Training: 0/?` drawn before it), no Lightning advertisement, no LeafSpec
+    deprecation warning."""
+    cfg_args = [*LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
+                f"trainer.default_root_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.max_steps=2",
+                "bridge.kind=identity", "log.sample_prompts=[a red circle]", "sampler.steps=[1,1,1]",
+                "eval.every_n_steps=0"]  # fmt: skip
+    result = subprocess.run(nami_command("train", EXPERIMENTS / "tiny.yaml", *cfg_args), capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout.replace("\r", "\n")
+    assert "train steps" in out and "Training:" not in out and "v_num" not in out
+    both = result.stdout + result.stderr
+    assert "litlogger" not in both and "LeafSpec" not in both and "in eval mode" not in both

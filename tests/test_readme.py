@@ -43,3 +43,19 @@ def test_readme_sample_is_the_pipeline_sample():
     pipeline = Pipeline.from_config(ns["parts"], cfg)
     images = pipeline.sample(ns["prompts"], cfg.sampler.steps, cfg.sampler.guidance, seed=0).images
     assert torch.equal(images, ns["image"])
+
+
+def test_the_architecture_lives_in_the_repository():
+    """The README links the repository's own architecture document, never a file outside the repository
+    (issue 21, bug 6: a link to ../shared/DESIGN.md is broken in any clone)."""
+    text = (REPO / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)", text)
+    local = [t for t in targets if "://" not in t]
+    assert "docs/architecture.md" in local
+    for target in local:
+        path = (REPO / target).resolve()
+        assert path.is_relative_to(REPO) and path.exists(), target
+    assert "../shared" not in text
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    for must in ("sigma = 1 is pure noise", "velocity", "weights_source", "RunDir", "model.safetensors"):
+        assert must in architecture, must

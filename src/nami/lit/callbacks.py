@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from safetensors.torch import save_file
 from torchvision.utils import save_image
 
@@ -35,15 +37,20 @@ def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> Throu
 
 
 class StepProgressBar(TQDMProgressBar):
-    """Training progress in optimizer steps out of trainer.max_steps, continuing from the resumed step (the
-    stream never ends, so Lightning's epoch bar reads `Epoch 0/-2`, and after a resume `120/69`)."""
+    """One bar: training progress in optimizer steps out of trainer.max_steps, continuing from the resumed step
+    (the stream never ends, so Lightning's epoch bar reads `Epoch 0/-2`, after a resume `120/69`, and a
+    `Training: 0/?` bar is drawn before it learns the total)."""
+
+    def init_train_tqdm(self) -> Tqdm:
+        trainer = self.trainer
+        return Tqdm(desc="train steps", total=trainer.max_steps if trainer.max_steps > 0 else None,
+                    initial=trainer.global_step, position=2 * self.process_position, disable=self.is_disabled,
+                    leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+                    bar_format=self.BAR_FORMAT)  # fmt: skip
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         bar = self.train_progress_bar
-        bar.set_description("train steps", refresh=False)
-        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
         bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
-        bar.refresh()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         bar = self.train_progress_bar
@@ -51,6 +58,11 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = trainer.global_step
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version: always "tb" here
+        return metrics
 
 
 class EveryNSteps(L.Callback):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -51,11 +52,13 @@ class _NoLitLoggerTip(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's console to what concerns the run: no advertisement line."""
+    """Keep Lightning's console to what concerns the run: no advertisement line, and no warning that the module
+    holds submodules in eval mode (the frozen bridge is, on purpose)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoLitLoggerTip) for f in logger.filters):
             logger.addFilter(_NoLitLoggerTip())
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def trainer_for(cfg: NamiConfig, run: RunDir | None, logger, callbacks, find_unused: bool = False,

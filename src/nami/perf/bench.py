@@ -116,32 +116,40 @@ def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int)
             "renoise_transition_s": times["renoise"]}  # fmt: skip
 
 
-def synthetic_batch(cfg: NamiConfig, mix, joint: bool = True, encoders: tuple | None = None):
-    """A data-module batch of random images and the configured captions, built by the real collate (joint
-    batches split by `mix`, the flow's stage mix). With `encoders` (text encoder, autoencoder) it is the batch
-    precomputed shards give for the same samples: full-size latents and stored text embeddings (what
-    `nami data encode` writes)."""
+def synthetic_batch(cfg: NamiConfig, mix, joint: bool = True, encoders: tuple | None = None,
+                    random_latents: bool = False, seed: int = 0):  # fmt: skip
+    """A data-module batch built by the real collate (joint batches split by `mix`, the flow's stage mix): random
+    images and the configured captions. With `encoders` (text encoder, autoencoder) it is the batch precomputed
+    shards give for the same samples: full-size latents and stored text embeddings (what `nami data encode`
+    writes). With `random_latents`, random full-size latents and text embeddings of the configured shapes: the
+    precomputed batch of a model whose encoders are not built (the 2B step on one GPU)."""
     import random
 
     from data_modules.collate import BatchPlan, make_batch
     from data_modules.records import Sample
 
-    g = torch.Generator().manual_seed(0)
-    prompts = cfg.log.sample_prompts
-    samples = [
-        Sample(f"{i:09d}", torch.rand(3, cfg.resolution, cfg.resolution, generator=g) * 2 - 1,
-               prompts[i % len(prompts)], {})
-        for i in range(cfg.data.batch_size)
-    ]  # fmt: skip
-    # stored latents are full size (the module pools them)
-    plan = BatchPlan.from_config(cfg, mix, joint=joint, latents=encoders is not None)
-    if encoders is not None:
+    from ..text_embedding import TextEmbedding
+
+    g = torch.Generator().manual_seed(seed)
+    prompts, t, side = cfg.log.sample_prompts, cfg.text_encoder, cfg.latent_size
+    samples = []
+    for i in range(cfg.data.batch_size):
+        if random_latents:
+            text = TextEmbedding(torch.randn(t.max_length, t.dim, generator=g), torch.ones(t.max_length, dtype=torch.bool),
+                                 torch.randn(t.pooled_dim, generator=g))  # fmt: skip
+            image = torch.randn(cfg.autoencoder.channels, side, side, generator=g)
+        else:
+            text, image = None, torch.rand(3, cfg.resolution, cfg.resolution, generator=g) * 2 - 1
+        samples.append(Sample(f"{i:09d}", image, prompts[i % len(prompts)], {}, text=text))
+    latents = random_latents or encoders is not None  # stored latents are full size (the module pools them)
+    plan = BatchPlan.from_config(cfg, mix, joint=joint, latents=latents)
+    if encoders is not None and not random_latents:
         text_encoder, autoencoder = encoders
         with torch.no_grad():
-            latents = autoencoder.encode(torch.stack([s.image for s in samples])).cpu()
+            encoded = autoencoder.encode(torch.stack([s.image for s in samples])).cpu()
             text = text_encoder([s.caption for s in samples]).to("cpu")
-        samples = [replace(s, image=latents[i], text=text.row(i)) for i, s in enumerate(samples)]
-    return make_batch(samples, plan, 0, random.Random(0), {})
+        samples = [replace(s, image=encoded[i], text=text.row(i)) for i, s in enumerate(samples)]
+    return make_batch(samples, plan, 0, random.Random(seed), {})
 
 
 def bench_training(cfg: NamiConfig, repeats: int = 3, compare_data: bool = False) -> dict:

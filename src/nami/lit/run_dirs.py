@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, NamiConfig, to_dict
+from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
 
 CONFIG_FILE = "config.yaml"
 # What makes two runs the same model (the rest, e.g. trainer.max_steps or data.shards, may change on resume).
@@ -44,7 +44,12 @@ def identity(config: dict) -> dict[str, Any]:
 
 
 def first_difference(recorded: dict, current: dict) -> str | None:
-    """The first identity key whose value differs, as `key: recorded -> current`; None if they agree."""
+    """The first identity key whose value differs, as `key: recorded -> current`; None if they agree. The
+    recorded config is read as a config is loaded (keys that moved since, parameters resolved), when it can be."""
+    try:
+        recorded = to_dict(config_from_dict(recorded))
+    except ConfigError:  # a config this kit no longer reads: compare it as it stands
+        pass
     old, new = identity(recorded), identity(current)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):

@@ -152,8 +152,8 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)] or (Any,)
-        return _typed(value, hint, key)
+        others = [a for a in args if a is not type(None)]
+        return _typed(value, others[0], key) if len(others) == 1 else value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"must be a list, got {value!r}")

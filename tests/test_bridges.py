@@ -54,7 +54,7 @@ def test_registry_has_every_kind_and_each_maps_shapes():
         if kind not in ("renoise",):  # unfitted learnable bridges start as the identity map
             assert torch.allclose(out, u)
     assert not build_bridge("renoise", SCHED, C, SIZES).learnable
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="bridge.kind"):
         build_bridge("linear", SCHED, C, SIZES)
 
 

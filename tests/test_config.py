@@ -56,6 +56,13 @@ BAD_OVERRIDES = [
     (["flow.stage_ratios=[1,1]"], "flow.stage_ratios"),
     (["bridge.kind=linear"], "bridge.kind"),
     (["bridge.kind=mlp"], "bridge.solver"),  # no closed form for mlp
+    (["bridge.params.hidden=32"], "bridge.params.hidden"),  # conv1x1 takes no parameter
+    (["bridge.kind=cnn", "bridge.solver=sgd", "bridge.params.hidden=0"], "bridge.params.hidden"),
+    (["bridge.kind=mlp", "bridge.solver=sgd", "bridge.params.width=8"], "bridge.params.width"),  # unknown
+    (["flow.density_params.std=0"], "flow.density_params.std"),
+    (["flow.density_params.std=wide"], "flow.density_params.std"),
+    (["flow.timestep_density=uniform", "flow.density_params.mean=0.5"], "flow.density_params.mean"),
+    (["sampler.grid_params.shift=1"], "sampler.grid_params.shift"),
     (["sampler.steps=[10,10]"], "sampler.steps"),
     (["flow.gamma=0.5"], "flow.gamma"),
     (["flow.prediction=noise"], "flow.prediction"),

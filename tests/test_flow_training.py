@@ -5,22 +5,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nami.bridges import Conv1x1Bridge, IdentityBridge
-from nami.config import RatioPhase
+from nami.bridges import BridgeFlow, Conv1x1Bridge, IdentityBridge
+from nami.config import ConfigError, RatioPhase
 from nami.flow import (
+    LogitNormal,
+    PyramidFlow,
     PyramidSchedule,
     StageMix,
+    Uniform,
     bridge_pair,
     down,
-    flow_sample,
     noise_down,
-    sample_sigma_local,
     stage_endpoints,
     up,
 )
+from nami.registry import TIMESTEP_DENSITIES
 
 SCHED = PyramidSchedule()
 SIZES = [4, 8, 16]
+
+
+def training_sample(x, k, schedule, bridge, generator=None, detail=False, **given):
+    """Stage k's training example from the flow over `schedule` with `bridge`."""
+    return PyramidFlow(schedule, bridge, detail_noise=detail).training_sample(x, k, generator, **given)
 
 
 def _random_conv_bridge():
@@ -36,8 +43,8 @@ def test_input_is_start_at_sigma_one_and_end_at_sigma_zero(k):
     x = torch.randn(4, 3, SIZES[k], SIZES[k])
     n = torch.randn_like(x)
     bridge = _random_conv_bridge()
-    at_one = flow_sample(x, k, SCHED, bridge, sigma_local=torch.ones(4), noise=n)
-    at_zero = flow_sample(x, k, SCHED, bridge, sigma_local=torch.zeros(4), noise=n)
+    at_one = training_sample(x, k, SCHED, bridge, sigma_local=torch.ones(4), noise=n)
+    at_zero = training_sample(x, k, SCHED, bridge, sigma_local=torch.zeros(4), noise=n)
     assert torch.equal(at_one.z, at_one.start) and torch.equal(at_zero.z, at_zero.end)
     assert torch.equal(at_one.target, at_one.start - at_one.end)
     t_start, t_end = SCHED.model_time_windows[k]
@@ -68,7 +75,7 @@ def test_single_stage_is_plain_rectified_flow():
     x = torch.randn(5, 3, 16, 16)
     n = torch.randn_like(x)
     sigma = torch.rand(5)
-    sample = flow_sample(x, 0, uniform, None, sigma_local=sigma, noise=n)
+    sample = training_sample(x, 0, uniform, None, sigma_local=sigma, noise=n)
     s = sigma.view(-1, 1, 1, 1)
     assert torch.allclose(sample.z, (1 - s) * x + s * n, atol=1e-6)
     assert torch.allclose(sample.target, n - x, atol=1e-6)
@@ -91,15 +98,18 @@ def test_bridge_pair_targets_the_same_noise_level_one_resolution_up():
 
 def test_timestep_densities():
     g = torch.Generator().manual_seed(0)
-    s = sample_sigma_local(200_000, "logit_normal", 0.0, 1.0, g)
+    s = LogitNormal()(200_000, g)
     logits = torch.log(s / (1 - s))
     assert abs(logits.mean().item()) < 0.01 and abs(logits.std().item() - 1) < 0.01
-    shifted = sample_sigma_local(200_000, "logit_normal", 1.0, 0.5, g)
-    assert abs(torch.log(shifted / (1 - shifted)).mean().item() - 1.0) < 0.01
-    u = sample_sigma_local(200_000, "uniform", generator=g)
+    shifted = TIMESTEP_DENSITIES.create("logit_normal", params={"mean": 1.0, "std": 0.5})(200_000, g)
+    shifted_logits = torch.log(shifted / (1 - shifted))
+    assert abs(shifted_logits.mean().item() - 1.0) < 0.01 and abs(shifted_logits.std().item() - 0.5) < 0.01
+    u = Uniform()(200_000, generator=g)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
-    with pytest.raises(ValueError, match="flow.timestep_density"):
-        sample_sigma_local(2, "cosine")
+    with pytest.raises(ConfigError, match="flow.timestep_density"):
+        TIMESTEP_DENSITIES.create("cosine")
+    with pytest.raises(ConfigError, match="flow.density_params.std"):
+        TIMESTEP_DENSITIES.create("logit_normal", params={"std": 0})
 
 
 def test_ratio_schedule_phases():
@@ -139,16 +149,14 @@ def test_detail_noise_in_training_is_the_stage_noise_so_the_velocity_is_predicta
     optimal bridge (half of Up), start = e_(k-1) n and end = e_k n, so the target is an exact multiple of z.
     Fresh detail in the start (independent of the end's) would leave an irreducible part of the target."""
 
-    class HalfUp:  # the MSE-optimal linear bridge for x = 0 (see the test above)
-        kind, adds_noise = "half", False
-
-        def __call__(self, u, k, generator=None):
+    class HalfUp(BridgeFlow):  # the MSE-optimal linear bridge for x = 0 (see the test above); not registered
+        def transition(self, u, k, generator):
             return 0.5 * u
 
     g = torch.Generator().manual_seed(1)
     for k in (1, 2):
         x_k = torch.zeros(64, 3, 4 * 2**k, 4 * 2**k)
-        sample = flow_sample(x_k, k, SCHED, HalfUp(), generator=g, detail=True)
+        sample = training_sample(x_k, k, SCHED, HalfUp(SCHED, 3, SIZES), generator=g, detail=True)
         e_prev, e_k = SCHED.end_sigmas[k - 1], SCHED.end_sigmas[k]
         ratio = (e_prev - e_k) / (sample.sigma_local * e_prev + (1 - sample.sigma_local) * e_k)
         assert torch.allclose(sample.target, ratio.view(-1, 1, 1, 1) * sample.z, atol=1e-5)

@@ -13,7 +13,7 @@ from pathlib import Path
 from .artifacts.weights import fitted_bridge, load_parts_weights, read_weights
 from .bridges import BridgeFlow, bridge_from_config
 from .config import NamiConfig
-from .flow import PyramidFlow
+from .flow import PyramidFlow, PyramidSchedule
 from .models import Autoencoder, NestedMMDiT, TextEncoder, build_autoencoder, build_model, build_text_encoder
 
 
@@ -41,15 +41,17 @@ def build_parts(
     `networks=False` leaves out the MM-DiT and the text encoder (bridge fitting needs neither; at 2B they are
     most of the memory). `encoders=False` leaves out the frozen text encoder and the autoencoder: training from
     precomputed shards (data.precomputed) reads their outputs, so nothing is built or loaded (the config refuses
-    data.precomputed with a text encoder that trains with the model)."""
+    data.precomputed with a text encoder that trains with the model). The schedule is built once, here, for
+    the bridge and the flow."""
+    schedule = PyramidSchedule.from_config(cfg.flow)
     if bridge is None:
-        bridge = fitted_bridge(cfg, run_dir) if fitted else bridge_from_config(cfg)
+        bridge = fitted_bridge(cfg, run_dir, schedule) if fitted else bridge_from_config(cfg, schedule)
     return Parts(
         model=build_model(cfg) if networks else None,
         text_encoder=build_text_encoder(cfg.text_encoder) if networks and encoders else None,
         autoencoder=build_autoencoder(cfg.autoencoder) if encoders else None,
         bridge=bridge,
-        flow=PyramidFlow.from_config(cfg, bridge),
+        flow=PyramidFlow.from_config(cfg, bridge, schedule),
     )
 
 

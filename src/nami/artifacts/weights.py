@@ -134,11 +134,12 @@ def bridge_weights_path(cfg: NamiConfig, directory: str | Path | None) -> Path |
     return Path(directory) / BRIDGES if directory is not None else None
 
 
-def fitted_bridge(cfg: NamiConfig, directory: str | Path | None):
-    """The configured bridge with its fitted weights (kinds without weights need none)."""
+def fitted_bridge(cfg: NamiConfig, directory: str | Path | None, schedule=None):
+    """The configured bridge (over `schedule`, default the config's) with its fitted weights (kinds without
+    weights need none)."""
     from ..bridges import bridge_from_config, load_bridges
 
-    bridge = bridge_from_config(cfg)
+    bridge = bridge_from_config(cfg, schedule)
     if not bridge.learnable:
         return bridge
     path = bridge_weights_path(cfg, directory)

@@ -1,5 +1,6 @@
 """BridgeFlow variants between stages, a registry by name, fitting and safetensors I/O."""
 
+from ..flow import PyramidSchedule
 from . import linear, nonlinear, renoise  # noqa: F401  (registers the kinds)
 from .base import BridgeFlow, build_bridge, register
 from .fit import (
@@ -13,21 +14,18 @@ from .fit import (
 )
 from .io import load_bridges, save_bridges
 from .linear import Conv1x1Bridge, IdentityBridge, ScalarBiasBridge
-from .nonlinear import CNNBridge, MLPBridge
+from .nonlinear import CNNBridge, MLPBridge, ResidualParams
 from .renoise import RenoiseBridge
 
 
-def bridge_from_config(cfg) -> BridgeFlow:
-    """The configured kind at the config's latent shape (weights not loaded; see load_bridges)."""
-    from ..flow import PyramidSchedule
-
-    return build_bridge(
-        cfg.bridge.kind,
-        PyramidSchedule.from_config(cfg.flow),
-        cfg.autoencoder.channels,
-        cfg.stage_latent_sizes(),
-        cfg.bridge.hidden,
-    )
+def bridge_from_config(cfg, schedule: PyramidSchedule | None = None) -> BridgeFlow:
+    """The configured kind (`bridge.kind` with its `bridge.params`) at the config's latent shape, over `schedule`
+    (default: the config's own; `build_parts` passes the one it builds for the flow). Weights are not loaded
+    (see load_bridges)."""
+    if schedule is None:
+        schedule = PyramidSchedule.from_config(cfg.flow)
+    return build_bridge(cfg.bridge.kind, schedule, cfg.autoencoder.channels, cfg.stage_latent_sizes(),
+                        cfg.bridge.params)  # fmt: skip
 
 
 __all__ = [
@@ -38,6 +36,7 @@ __all__ = [
     "IdentityBridge",
     "MLPBridge",
     "RenoiseBridge",
+    "ResidualParams",
     "ScalarBiasBridge",
     "all_reduce_moments",
     "bridge_from_config",

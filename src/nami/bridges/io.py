@@ -1,4 +1,4 @@
-"""bridges.safetensors: BridgeFlow weights with the kind and shape they were fitted for."""
+"""bridges.safetensors: BridgeFlow weights with the kind, parameters and shape they were fitted for."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
+from ..registry import plain_params
 from .base import BridgeFlow
 
 
 def _signature(bridge: BridgeFlow) -> dict[str, str]:
     return {
         "kind": bridge.kind,
+        "params": json.dumps(plain_params(bridge.params), sort_keys=True),
         "channels": str(bridge.channels),
         "stage_sizes": json.dumps(bridge.stage_sizes),
         "stage_range": json.dumps(list(bridge.schedule.stage_range)),
@@ -22,7 +24,7 @@ def _signature(bridge: BridgeFlow) -> dict[str, str]:
 
 
 def save_bridges(bridge: BridgeFlow, path: str | Path) -> Path:
-    """Write the bridge's tensors and signature (kind, channels, stage sizes, stage range)."""
+    """Write the bridge's tensors and signature (kind, its parameters, channels, stage sizes, stage range)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().cpu().contiguous() for name, t in bridge.state_dict().items()}

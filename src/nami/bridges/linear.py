@@ -30,8 +30,8 @@ class Conv1x1Bridge(BridgeFlow):
 
     closed_form = True
 
-    def __init__(self, schedule, channels, stage_sizes, hidden=64):
-        super().__init__(schedule, channels, stage_sizes, hidden)
+    def __init__(self, schedule, channels, stage_sizes, params=None):
+        super().__init__(schedule, channels, stage_sizes, params)
         t = self.num_transitions
         self.weight = nn.Parameter(torch.eye(channels).repeat(t, 1, 1))  # starts as the identity bridge
         self.bias = nn.Parameter(torch.zeros(t, channels))
@@ -71,8 +71,8 @@ class ScalarBiasBridge(BridgeFlow):
 
     closed_form = True
 
-    def __init__(self, schedule, channels, stage_sizes, hidden=64):
-        super().__init__(schedule, channels, stage_sizes, hidden)
+    def __init__(self, schedule, channels, stage_sizes, params=None):
+        super().__init__(schedule, channels, stage_sizes, params)
         t = self.num_transitions
         self.scale = nn.Parameter(torch.ones(t))
         self.bias = nn.ParameterList(

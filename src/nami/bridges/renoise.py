@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..flow import block_noise
+from ..flow import block_noise, down, interpolate, up
 from .base import BridgeFlow, register
 
 
@@ -21,3 +21,8 @@ class RenoiseBridge(BridgeFlow):
         alpha, beta = self.schedule.renoise_coefficients(k)
         noise = block_noise(u.shape, self.schedule.gamma, generator, device=u.device, dtype=u.dtype)
         return alpha * u + beta * noise
+
+    def training_start(self, x_k, n_k, k, detail=False):
+        """Pyramid Flow's corrected start c_k n^(k) + (1 - c_k) Up(x^(k-1)): the point its jump lands on in law
+        (the jump draws its own noise, so no detail noise is added)."""
+        return interpolate(up(down(x_k)), n_k, self.schedule.start_sigmas[k])

@@ -1,4 +1,8 @@
-"""The experiment schema: one dataclass per config section, defaults included (see `nami.config`)."""
+"""The experiment schema: one dataclass per config section, defaults included (see `nami.config`).
+
+A component chosen by registry name has its own parameters in a free-form block beside the name
+(`bridge.kind` + `bridge.params`, `flow.timestep_density` + `flow.density_params`, ...): the kind parses and
+validates it (`nami.registry`), and a loaded config holds it resolved, every parameter with its value."""
 
 from __future__ import annotations
 
@@ -84,13 +88,13 @@ class FlowConfig:
     gamma: float = 1 / 3  # Pyramid Flow's corrected-start / block-noise parameter, 0 < gamma <= 1/3
     sigma_grid: int = 1000  # stage boundaries snap to this grid as in the official code; 0 = exact
     num_train_timesteps: int = 1000  # model time T runs over [0, num_train_timesteps]
-    timestep_density: str = "logit_normal"  # in-window sigma' density: logit_normal | uniform
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
+    timestep_density: str = "logit_normal"  # in-window sigma' density: logit_normal | uniform (nami.flow.densities)
+    density_params: dict[str, Any] = field(default_factory=dict)  # the density's own (logit_normal: mean, std)
     stage_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     ratio_schedule: list[RatioPhase] = field(default_factory=list)  # empty: stage_ratios throughout
     caption_dropout: float = 0.1
     prediction: str = "velocity"  # network output: velocity | data (x-prediction, same velocity loss; flow.prediction)
+    prediction_params: dict[str, Any] = field(default_factory=dict)  # the prediction kind's own (none built in)
 
 
 @dataclass
@@ -98,11 +102,11 @@ class BridgeConfig:
     """BridgeFlow between stages: kind from the bridges registry, and how it is fitted."""
 
     kind: str = "conv1x1"  # scalar_bias | conv1x1 | mlp | cnn | identity | renoise
+    params: dict[str, Any] = field(default_factory=dict)  # the kind's own (mlp / cnn: hidden, the branch width)
     weights: str | None = None  # bridges.safetensors to load
     solver: str = "closed_form"  # closed_form (linear kinds) | sgd
     fit_batches: int = 20
     heldout_batches: int = 4
-    hidden: int = 64  # mlp / cnn width
     lr: float = 1e-3
     sgd_steps: int = 2000
     ridge: float = 0.0  # Tikhonov term for the closed-form solve (0 = plain least squares)
@@ -120,6 +124,7 @@ class SamplerConfig:
     guidance: float = 4.0  # classifier-free guidance scale w (1: no unconditional branch)
     mode: str = "progressive"  # progressive | no_nesting | uniform (one stage over [1000, 0], all blocks)
     timestep_grid: str = "linear"  # linear | official (the released NAMI-2B's integer windows), nami.flow.grids
+    grid_params: dict[str, Any] = field(default_factory=dict)  # the grid's own (none built in)
     prompt_suffix: str = ""  # appended to every prompt (the release: ".extremely detailed,best quality,...")
     negative_prompt: str = ""  # the unconditional branch of guidance ("" = the empty prompt)
     # sampling precision: auto (autocast as trainer.precision resolves), fp32, bf16-mixed, fp16-mixed, or

@@ -31,6 +31,12 @@ def _check_registered(reg: registry.Registry, value: str) -> None:
     _check_choice(reg.key, value, reg.names())
 
 
+def _check_component(reg: registry.Registry, kind: str, params: dict) -> None:
+    """A registered kind and its parameter block, as the kind itself parses and validates it."""
+    _check_registered(reg, kind)
+    reg.params(kind, params)
+
+
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
@@ -51,11 +57,9 @@ def validate(cfg: NamiConfig) -> None:
         snapped = [math.floor(x * f.sigma_grid + 1e-9) for x in r]
         if any(b <= a for a, b in zip(snapped, snapped[1:])):
             raise ConfigError("flow.stage_range", f"two boundaries fall on one point of the {f.sigma_grid} grid")
-    _check_registered(registry.TIMESTEP_DENSITIES, f.timestep_density)
-    _check_registered(registry.PREDICTIONS, f.prediction)
+    _check_component(registry.TIMESTEP_DENSITIES, f.timestep_density, f.density_params)
+    _check_component(registry.PREDICTIONS, f.prediction, f.prediction_params)
     _check_choice("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
-    if f.logit_std <= 0:
-        raise ConfigError("flow.logit_std", f"must be > 0, got {f.logit_std}")
     if not 0.0 <= f.caption_dropout < 1.0:
         raise ConfigError("flow.caption_dropout", f"must lie in [0, 1), got {f.caption_dropout}")
     _check_ratios("flow.stage_ratios", f.stage_ratios, k)
@@ -116,9 +120,10 @@ def validate(cfg: NamiConfig) -> None:
         raise ConfigError("autoencoder.path", "the diffusers_kl autoencoder needs a local path or hub id")
 
     b = cfg.bridge
-    _check_registered(registry.BRIDGES, b.kind)
+    _check_component(registry.BRIDGES, b.kind, b.params)
     _check_choice("bridge.solver", b.solver, BRIDGE_SOLVERS)
-    if b.solver == "closed_form" and b.kind in ("mlp", "cnn"):
+    kind = registry.BRIDGES[b.kind]
+    if b.solver == "closed_form" and kind.learnable and not kind.closed_form:
         raise ConfigError("bridge.solver", f"bridge.kind={b.kind} has no closed form; use bridge.solver=sgd")
 
     s = cfg.sampler
@@ -127,7 +132,7 @@ def validate(cfg: NamiConfig) -> None:
     if s.uniform_steps < 1:
         raise ConfigError("sampler.uniform_steps", f"must be >= 1, got {s.uniform_steps}")
     _check_choice("sampler.mode", s.mode, SAMPLER_MODES)
-    _check_registered(registry.TIMESTEP_GRIDS, s.timestep_grid)
+    _check_component(registry.TIMESTEP_GRIDS, s.timestep_grid, s.grid_params)
     if not math.isfinite(s.guidance):
         raise ConfigError("sampler.guidance", f"must be a finite number, got {s.guidance}")
     _check_choice("sampler.precision", s.precision, SAMPLER_PRECISIONS)

@@ -5,12 +5,13 @@ loss and the sampler for a network passed in as a function. The modules below ho
 pyramid.py (Down/Up, data and noise pyramids, block and detail noise), schedule.py (stage boundaries and
 model-time windows), densities.py (in-window sigma'), prediction.py (output -> velocity), training.py
 (start/end points, flow samples, bridge pairs, stage mix), grids.py (sampler timestep grids), sampler.py
-(Euler stage, stage-0 noise).
+(Euler stage, stage-0 noise). Densities, predictions and grids are registered components (`nami.registry`):
+classes built from their own config block, which `PyramidFlow` holds as objects.
 """
 
-from .densities import sample_sigma_local
-from .grids import StageGrid, stage_grid
-from .prediction import velocity_from_output
+from .densities import LogitNormal, TimestepDensity, Uniform
+from .grids import LinearGrid, OfficialGrid, StageGrid, TimestepGrid
+from .prediction import DataPrediction, Prediction, VelocityPrediction
 from .pyramid import (
     Generators,
     block_noise,
@@ -32,23 +33,32 @@ from .training import (
     StageMix,
     bridge_jump,
     bridge_pair,
-    flow_sample,
     interpolate,
+    previous_end,
     stage_endpoints,
 )
 
 __all__ = [
     "Bridge",
+    "DataPrediction",
     "FlowSample",
     "Generators",
+    "LinearGrid",
+    "LogitNormal",
     "ModelFn",
+    "OfficialGrid",
+    "Prediction",
     "PyramidFlow",
     "PyramidSchedule",
     "SampleTrace",
     "StageGrid",
     "StageLosses",
     "StageMix",
+    "TimestepDensity",
+    "TimestepGrid",
+    "Uniform",
     "VelocityFn",
+    "VelocityPrediction",
     "block_noise",
     "bridge_jump",
     "bridge_pair",
@@ -57,15 +67,12 @@ __all__ = [
     "detail_noise",
     "down",
     "euler_stage",
-    "flow_sample",
     "initial_noise",
     "interpolate",
     "noise_down",
     "noise_pyramid",
-    "sample_sigma_local",
+    "previous_end",
     "seeded_randn",
     "stage_endpoints",
-    "stage_grid",
     "up",
-    "velocity_from_output",
 ]

@@ -10,38 +10,39 @@ path z / sigma is exact, so the network need not learn to copy the noise through
 only draws the (flat, low-dimensional) image. For stages after a bridge the path is z = sigma n + (1 - sigma) x
 only up to the bridge's fit; any velocity is still reachable (x_hat = z - v sigma / (c_k - e_k)).
 
-Each kind is registered under its `flow.prediction` name and called as
-kind(output, z, sigma, width) -> velocity, with sigma the global sigma (B,) and width = c_k - e_k.
+Each kind is a class registered under its `flow.prediction` name (parameters, if a kind declares any, from
+`flow.prediction_params`); an instance is called as prediction(output, z, sigma, width) -> velocity, with sigma
+the global sigma (B,) and width = c_k - e_k.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..registry import PREDICTIONS
+from ..registry import PREDICTIONS, Component
 
 MIN_SIGMA = 0.05  # JiT's clamp: 1 / sigma would amplify the output's error without bound at the data end
 
 
+class Prediction(Component):
+    """What the network's output means, as a map from the output to the stage velocity."""
+
+    def __call__(self, output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
 @PREDICTIONS.register("velocity")
-def velocity(output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float) -> torch.Tensor:
+class VelocityPrediction(Prediction):
     """The network predicts the stage's velocity directly."""
-    return output
+
+    def __call__(self, output, z, sigma, width):
+        return output
 
 
 @PREDICTIONS.register("data")
-def data(output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float) -> torch.Tensor:
+class DataPrediction(Prediction):
     """The network predicts the clean data x; the velocity is width (z - x) / sigma."""
-    sigma = sigma.to(torch.float32).clamp(min=MIN_SIGMA).view(-1, *([1] * (z.ndim - 1)))
-    return width * (z.float() - output.float()) / sigma
 
-
-def velocity_from_output(
-    output: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, width: float, prediction: str = "velocity"
-) -> torch.Tensor:
-    """The stage velocity from the network's output at state z and global sigma (B,)."""
-    try:
-        kind = PREDICTIONS[prediction]
-    except KeyError as err:
-        raise ValueError(str(err.args[0])) from None
-    return kind(output, z, sigma, width)
+    def __call__(self, output, z, sigma, width):
+        sigma = sigma.to(torch.float32).clamp(min=MIN_SIGMA).view(-1, *([1] * (z.ndim - 1)))
+        return width * (z.float() - output.float()) / sigma

@@ -20,12 +20,14 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .grids import StageGrid, stage_grid
-from .prediction import velocity_from_output
+from ..registry import PREDICTIONS, TIMESTEP_DENSITIES, TIMESTEP_GRIDS
+from .densities import LogitNormal, TimestepDensity
+from .grids import LinearGrid, StageGrid, TimestepGrid
+from .prediction import Prediction, VelocityPrediction
 from .pyramid import Generators, data_pyramid, noise_pyramid
 from .sampler import SampleTrace, euler_stage
 from .schedule import PyramidSchedule
-from .training import Bridge, StageMix, bridge_jump, bridge_pair, flow_sample
+from .training import Bridge, FlowSample, StageMix, bridge_jump, bridge_pair, stage_endpoints
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, int, Any], torch.Tensor]
 
@@ -49,27 +51,31 @@ class StageLosses:
 
 @dataclass
 class PyramidFlow:
-    """Schedule + bridge + densities + prediction kind + detail noise + grid: losses and samples."""
+    """Schedule + bridge + density + prediction + detail noise + grid: losses and samples.
+
+    The density, prediction and grid are registered components (`nami.registry`), built once from their config
+    blocks by `from_config`; the defaults are logit-normal(0, 1), velocity and linear."""
 
     schedule: PyramidSchedule
     bridge: Bridge | None = None
-    density: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    prediction: str = "velocity"
+    density: TimestepDensity = field(default_factory=LogitNormal)
+    prediction: Prediction = field(default_factory=VelocityPrediction)
     detail_noise: bool = False
-    timestep_grid: str = "linear"
+    timestep_grid: TimestepGrid = field(default_factory=LinearGrid)
     mix: StageMix = StageMix()
     caption_dropout: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg, bridge: Bridge | None) -> "PyramidFlow":
-        """The flow a `NamiConfig` describes (flow.*, bridge.detail_noise, sampler.timestep_grid)."""
-        f = cfg.flow
+    def from_config(cls, cfg, bridge: Bridge | None, schedule: PyramidSchedule | None = None) -> "PyramidFlow":
+        """The flow a `NamiConfig` describes (flow.*, bridge.detail_noise, sampler.timestep_grid and their
+        parameter blocks), over `schedule` when given (`build_parts` builds it once for the bridge and the flow)."""
+        f, s = cfg.flow, cfg.sampler
         return cls(
-            schedule=PyramidSchedule.from_config(f), bridge=bridge, density=f.timestep_density,
-            logit_mean=f.logit_mean, logit_std=f.logit_std, prediction=f.prediction,
-            detail_noise=cfg.bridge.detail_noise, timestep_grid=cfg.sampler.timestep_grid,
+            schedule=schedule if schedule is not None else PyramidSchedule.from_config(f), bridge=bridge,
+            density=TIMESTEP_DENSITIES.create(f.timestep_density, params=f.density_params),
+            prediction=PREDICTIONS.create(f.prediction, params=f.prediction_params),
+            detail_noise=cfg.bridge.detail_noise,
+            timestep_grid=TIMESTEP_GRIDS.create(s.timestep_grid, params=s.grid_params),
             mix=StageMix.from_config(f), caption_dropout=f.caption_dropout,
         )  # fmt: skip
 
@@ -80,14 +86,14 @@ class PyramidFlow:
     def uniform(self) -> "PyramidFlow":
         """The same flow as one stage over the whole path (plain rectified flow; the uniform baseline)."""
         schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps)
-        return replace(self, schedule=schedule, bridge=None, detail_noise=False, timestep_grid="linear",
+        return replace(self, schedule=schedule, bridge=None, detail_noise=False, timestep_grid=LinearGrid(),
                        mix=StageMix((1.0,)))  # fmt: skip
 
     # ---- the network's output -------------------------------------------------------------------------
     def velocity(self, output: torch.Tensor, z: torch.Tensor, sigma_local: torch.Tensor, k: int) -> torch.Tensor:
         """Stage-k velocity from the network's output at z and local sigma' (B,)."""
         sigma = self.schedule.global_sigma(k, sigma_local)
-        return velocity_from_output(output, z, sigma, self.schedule.width(k), self.prediction)
+        return self.prediction(output, z, sigma, self.schedule.width(k))
 
     def predicted_clean(self, z: torch.Tensor, v: torch.Tensor, sigma_local: float, k: int) -> torch.Tensor:
         """The clean latent a stage-k velocity points at: on z = sigma n + (1 - sigma) x the global velocity is
@@ -122,13 +128,29 @@ class PyramidFlow:
         """
         out = StageLosses()
         for (k, x), c in zip(latents, cond, strict=True):
-            sample = flow_sample(x, k, self.schedule, self.bridge, density=self.density, logit_mean=self.logit_mean,
-                                 logit_std=self.logit_std, generator=generator, detail=self.detail_noise)  # fmt: skip
+            sample = self.training_sample(x, k, generator)
             v = self.velocity(model_fn(sample.z, sample.model_time, k, c), sample.z, sample.sigma_local, k)
             out.stages.append(k)
             out.counts.append(x.shape[0])
             out.losses.append(F.mse_loss(v.float(), sample.target.float()))
         return out
+
+    def training_sample(
+        self, x_k: torch.Tensor, k: int, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None, sigma_local: torch.Tensor | None = None,
+    ) -> FlowSample:  # fmt: skip
+        """Stage k's training example from data x_k at its size: start and end from one noise draw, sigma' from
+        the density, z = sigma' start + (1 - sigma') end, target start - end, T = the stage window at sigma'.
+
+        Draws (in this order, from `generator`) the noise and then sigma' unless they are given.
+        """
+        if noise is None:
+            noise = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
+        if sigma_local is None:
+            sigma_local = self.density(x_k.shape[0], generator, x_k.device)
+        with torch.no_grad():  # the bridge is frozen during flow training
+            start, end = stage_endpoints(x_k, noise, k, self.schedule, self.bridge, self.detail_noise)
+        return FlowSample.on_path(start, end, sigma_local, self.schedule.model_time(k, sigma_local))
 
     def bridge_pairs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> list[tuple]:
         """BridgeFlow fitting pairs (u, y, k) for every transition, from full-resolution latents x and one
@@ -140,7 +162,7 @@ class PyramidFlow:
     # ---- sampling -------------------------------------------------------------------------------------
     def grid(self, k: int, steps: int) -> StageGrid:
         """The Euler grid of stage k for `steps` steps (the configured `timestep_grid`)."""
-        return stage_grid(self.schedule, k, steps, self.timestep_grid)
+        return self.timestep_grid(self.schedule, k, steps)
 
     def transition(self, z: torch.Tensor, k: int, generators: Generators = None) -> torch.Tensor:
         """Start of stage k from the end of stage k-1: Bridge_k(Up(z)), plus fresh detail noise when on."""
@@ -196,5 +218,5 @@ class PyramidFlow:
     def sampler_summary(self, steps: Sequence[int]) -> dict:
         """Per stage, the model times fed and the local sigmas walked for `steps` (`nami info`)."""
         grids = [self.grid(k, n) for k, n in enumerate(steps)]
-        return {"timestep_grid": self.timestep_grid, "sampler_model_times": [list(g.model_times) for g in grids],
+        return {"timestep_grid": self.timestep_grid.kind, "sampler_model_times": [list(g.model_times) for g in grids],
                 "sampler_sigmas": [list(g.sigmas) for g in grids]}  # fmt: skip

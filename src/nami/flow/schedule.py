@@ -91,7 +91,7 @@ class PyramidSchedule:
     def integer_model_time_windows(self) -> tuple[tuple[int, int], ...]:
         """The released NAMI scheduler's windows ([1000, 744], [744, 386], [386, 1] for thirds): the same
         cumulative fractions f_k, truncated onto the integer timesteps N, N-1, ..., 1 as its code does
-        (index int(f_k N), the last one capped at N - 1). See `grids.official`."""
+        (index int(f_k N), the last one capped at N - 1). See `grids.OfficialGrid`."""
         lengths = [c - e for c, e in zip(self.start_sigmas, self.end_sigmas)]
         total, n = sum(lengths), self.num_train_timesteps
         fractions = [sum(lengths[:k]) / total for k in range(self.num_stages)] + [1.0]

@@ -11,18 +11,21 @@ from typing import Protocol
 
 import torch
 
-from .densities import sample_sigma_local
 from .pyramid import Generators, detail_band, detail_noise, down, noise_down, up
 from .schedule import PyramidSchedule
 
 
 class Bridge(Protocol):
-    """What the flow needs of a BridgeFlow: map Up(end of stage k-1) to the start of stage k."""
+    """What the flow needs of a BridgeFlow (`nami.bridges.BridgeFlow` implements it)."""
 
     kind: str
-    adds_noise: bool  # draws its own fresh noise (renoise): no detail noise on top, and its own start point
+    adds_noise: bool  # draws its own fresh noise (renoise): no detail noise on top
 
-    def __call__(self, u: torch.Tensor, k: int, generator: Generators = None) -> torch.Tensor: ...
+    def __call__(self, u: torch.Tensor, k: int, generator: Generators = None) -> torch.Tensor:
+        """Map u = Up(end of stage k-1) to the start of stage k."""
+
+    def training_start(self, x_k: torch.Tensor, n_k: torch.Tensor, k: int, detail: bool = False) -> torch.Tensor:
+        """start_k for training, from stage k's data x^(k) and noise n^(k) (the bridge's start law)."""
 
 
 def interpolate(x: torch.Tensor, n: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -60,6 +63,11 @@ def bridge_jump(
     return start
 
 
+def previous_end(x_k: torch.Tensor, n_k: torch.Tensor, k: int, schedule: PyramidSchedule) -> torch.Tensor:
+    """end_(k-1) = e_(k-1) n^(k-1) + (1 - e_(k-1)) x^(k-1), from stage k's data and noise through the pyramids."""
+    return interpolate(down(x_k), noise_down(n_k), schedule.end_sigmas[k - 1])
+
+
 def stage_endpoints(
     x_k: torch.Tensor,
     n_k: torch.Tensor,
@@ -70,19 +78,15 @@ def stage_endpoints(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(start_k, end_k) from one data point and one noise draw at stage k's resolution.
 
-    end_k = e_k n^(k) + (1 - e_k) x^(k); start_0 = n^(0); start_k = bridge_jump(end_(k-1)), except for a bridge
-    that draws its own noise (renoise), whose start is c_k n^(k) + (1 - c_k) Up(x^(k-1)) (Pyramid Flow's
-    corrected start, the point its jump lands on in law).
+    end_k = e_k n^(k) + (1 - e_k) x^(k); start_0 = n^(0); for k >= 1 the bridge's start law gives start_k
+    (`Bridge.training_start`: bridge_jump(end_(k-1)) for a BridgeFlow, Pyramid Flow's corrected start for renoise).
     """
     end = interpolate(x_k, n_k, schedule.end_sigmas[k])
     if k == 0:
         return n_k, end
     if bridge is None:
         raise ValueError(f"stage {k} needs a bridge")
-    if bridge.adds_noise:
-        return interpolate(up(down(x_k)), n_k, schedule.start_sigmas[k]), end
-    prev_end = interpolate(down(x_k), noise_down(n_k), schedule.end_sigmas[k - 1])
-    return bridge_jump(prev_end, k, schedule, bridge, detail, noise=n_k), end
+    return bridge.training_start(x_k, n_k, k, detail), end
 
 
 @dataclass
@@ -96,32 +100,12 @@ class FlowSample:
     start: torch.Tensor
     end: torch.Tensor
 
-
-def flow_sample(
-    x_k: torch.Tensor,
-    k: int,
-    schedule: PyramidSchedule,
-    bridge: Bridge | None,
-    sigma_local: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-    density: str = "logit_normal",
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
-    generator: torch.Generator | None = None,
-    detail: bool = False,
-) -> FlowSample:
-    """z = sigma' start + (1 - sigma') end, target v* = start - end, T = the stage window at sigma'.
-
-    Draws (in this order, from `generator`) the noise and then sigma' unless they are given.
-    """
-    if noise is None:
-        noise = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
-    if sigma_local is None:
-        sigma_local = sample_sigma_local(x_k.shape[0], density, logit_mean, logit_std, generator, x_k.device)
-    with torch.no_grad():  # the bridge is frozen during flow training
-        start, end = stage_endpoints(x_k, noise, k, schedule, bridge, detail)
-    z = interpolate(end, start, sigma_local)
-    return FlowSample(z, schedule.model_time(k, sigma_local), start - end, sigma_local, start, end)
+    @classmethod
+    def on_path(
+        cls, start: torch.Tensor, end: torch.Tensor, sigma_local: torch.Tensor, model_time: torch.Tensor
+    ) -> "FlowSample":
+        """z = sigma' start + (1 - sigma') end, target v* = start - end."""
+        return cls(interpolate(end, start, sigma_local), model_time, start - end, sigma_local, start, end)
 
 
 def bridge_pair(
@@ -134,9 +118,7 @@ def bridge_pair(
     """
     if k < 1:
         raise ValueError("stage 0 has no incoming bridge")
-    e_prev = schedule.end_sigmas[k - 1]
-    u = up(interpolate(down(x_k), noise_down(n_k), e_prev))
-    return u, interpolate(x_k, n_k, e_prev)
+    return up(previous_end(x_k, n_k, k, schedule)), interpolate(x_k, n_k, schedule.end_sigmas[k - 1])
 
 
 @dataclass(frozen=True)

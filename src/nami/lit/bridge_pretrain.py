@@ -11,7 +11,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from ..bridges import BridgeFlow, ClosedFormFit, build_bridge, pairs_loss, squared_errors
+from ..bridges import BridgeFlow, ClosedFormFit, pairs_loss, squared_errors
 from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
 from ..parts import Parts, build_parts
 from ..flow.seeds import step_generator
@@ -36,8 +36,7 @@ class BridgePretrainModule(L.LightningModule):
         b = cfg.bridge
         self.closed_form = b.solver == "closed_form"
         self.fit_batches = b.fit_batches if self.closed_form else b.sgd_steps
-        self.references = {kind: build_bridge(kind, self.flow.schedule, self.bridge.channels, self.bridge.stage_sizes)
-                           for kind in REFERENCES}  # fmt: skip
+        self.references = {kind: self.bridge.with_kind(kind) for kind in REFERENCES}
         self.automatic_optimization = False
         self.fit = ClosedFormFit(self.bridge) if self.closed_form else None
         transitions = self.flow.num_stages - 1

@@ -100,7 +100,7 @@ def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int)
     flow, bridge = pipe.flow, pipe.flow.bridge
     if flow.num_stages < 2:  # one stage (the uniform baseline): no transitions to time
         return {"bridge_kind": cfg.bridge.kind, "bridge_transition_s": 0.0, "renoise_transition_s": 0.0}
-    renoise = build_bridge("renoise", flow.schedule, bridge.channels, bridge.stage_sizes).to(pipe.device)
+    renoise = bridge.with_kind("renoise").to(pipe.device)
     ends = [pipe.initial_noise(pipe.generators(list(range(batch))), flow.num_stages)]
     for _ in range(flow.num_stages - 2):
         ends.append(up(ends[-1]))

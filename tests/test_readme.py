@@ -59,3 +59,15 @@ def test_the_architecture_lives_in_the_repository():
     architecture = (REPO / "docs" / "architecture.md").read_text()
     for must in ("sigma = 1 is pure noise", "velocity", "weights_source", "RunDir", "model.safetensors"):
         assert must in architecture, must
+
+
+def test_the_layout_lists_every_package_of_the_kit():
+    """The README's layout block names every package and top-level module under src/nami and data_modules."""
+    text = (REPO / "README.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("```", 2)[1]
+    src = REPO / "src" / "nami"
+    names = [f"src/nami/{p.name}/" for p in src.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    names += [f"src/nami/{p.name}" for p in src.glob("*.py") if p.name not in ("__init__.py", "errors.py")]
+    missing = [name for name in names if name not in layout]
+    assert not missing, missing
+    assert "data_modules/" in layout and "docs/architecture.md" in layout

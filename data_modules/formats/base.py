@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from nami.registry import DATA_FORMATS
 
-from ..records import Failure, Record, Shard
-from ..sources import list_files
+from ..records import Failure, Record, Shard, reports_bad_shard
+from ..sources import list_files, open_shard
 
 
 class Format(Protocol):
@@ -55,3 +55,20 @@ class FileFormat:
 
     def resolve(self, spec: Any, data: Any) -> list[Shard]:
         return [Shard(url, self.name) for url in list_files(spec, self.suffixes)]
+
+    def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0,
+             key_column: str = "key") -> Iterator[Record | Failure]:  # fmt: skip
+        """The file opened (one that cannot be is a `bad_shard`, reported by the reader that owns record 0),
+        then its records from `read_file`."""
+        try:
+            fileobj = open_shard(shard.url)
+        except (OSError, ValueError) as err:
+            if reports_bad_shard(offset, start):
+                yield Failure("bad_shard", -1, shard.url, str(err))
+            return
+        with fileobj:
+            yield from self.read_file(fileobj, shard, stride, offset, start, key_column)
+
+    def read_file(self, fileobj, shard: Shard, stride: int, offset: int, start: int,
+                  key_column: str) -> Iterator[Record | Failure]:  # fmt: skip
+        raise NotImplementedError

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..records import Failure, Record, Shard, owned, reports_bad_shard
-from ..sources import open_shard
 from .base import FileFormat, register_format
 
 PARQUET_BATCH_ROWS = 256  # rows converted to Python at a time (bounds memory inside big row groups)
@@ -25,16 +24,9 @@ class Parquet(FileFormat):
     suffixes = (".parquet", ".pq")
     columnar = True
 
-    def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0,
-             key_column: str = "key") -> Iterator[Record | Failure]:  # fmt: skip
-        try:
-            fileobj = open_shard(shard.url)
-        except (OSError, ValueError) as err:
-            if reports_bad_shard(offset, start):
-                yield Failure("bad_shard", -1, shard.url, str(err))
-            return
-        with fileobj:
-            yield from _rows(fileobj, shard, stride, offset, start, key_column)
+    def read_file(self, fileobj, shard: Shard, stride: int, offset: int, start: int,
+                  key_column: str) -> Iterator[Record | Failure]:  # fmt: skip
+        yield from _rows(fileobj, shard, stride, offset, start, key_column)
 
 
 def _rows(fileobj, shard: Shard, stride: int, offset: int, start: int,

@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Iterator
 
 from ..records import Failure, Record, Shard, owned, reports_bad_shard
-from ..sources import open_shard
 from .base import FileFormat, register_format
 
 TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
@@ -28,16 +27,9 @@ class WebDataset(FileFormat):
     suffixes = (".tar", ".tar.gz", ".tgz")
     columnar = False
 
-    def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0,
-             key_column: str = "key") -> Iterator[Record | Failure]:  # fmt: skip
-        try:
-            fileobj = open_shard(shard.url)
-        except (OSError, ValueError) as err:
-            if reports_bad_shard(offset, start):
-                yield Failure("bad_shard", -1, shard.url, str(err))
-            return
-        with fileobj:
-            yield from _tar_records(fileobj, shard, stride, offset, start)
+    def read_file(self, fileobj, shard: Shard, stride: int, offset: int, start: int,
+                  key_column: str) -> Iterator[Record | Failure]:  # fmt: skip
+        yield from _tar_records(fileobj, shard, stride, offset, start)
 
 
 def split_name(name: str) -> tuple[str, str] | None:

@@ -55,7 +55,7 @@ MODEL_FORMAT = 1  # config.json's "_nami_format": bump when the layout changes i
 # ---- what makes two configs the same model -----------------------------------------------------------------
 # The sections that define the network, its flow and its inputs. A run directory refuses a config that
 # differs in one of them; a model directory refuses an override of one of them.
-IDENTITY_SECTIONS = ("resolution", "model", "flow", "bridge", "text_encoder", "autoencoder")
+IDENTITY_SECTIONS = ("resolution", "model", "flow", "bridge", "text_encoder", "autoencoder", "finetune")
 # Keys inside those sections that do not change the model (where the bridge is read from, caching, dtype).
 NOT_IDENTITY = ("bridge.weights", "text_encoder.cache_size", "text_encoder.dtype")
 # What a model directory's config.json holds: the identity, the name and the sampler settings.

@@ -168,6 +168,9 @@ class OptimConfig:
     schedule: str = "constant"  # after warmup: constant | cosine (to 0 at trainer.max_steps)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # adamw (torch) | adamw8bit (bitsandbytes' 8-bit AdamW: optimizer state in 8 bits; needs CUDA) |
+    # adafactor (torch's Adafactor: factored second moments, no first moment; memory-light, any device)
+    name: str = "adamw"
 
 
 @dataclass
@@ -189,6 +192,32 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
     skip_nonfinite: bool = False  # a non-finite loss or gradient: skip the step (True) or stop (False)
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU; slower)
+    # What trains: parameter-name patterns (fnmatch over "model.double_blocks.0.img_attn.qkv.weight", "bridge.*",
+    # ...; "stage:K" stands for every parameter of the blocks stage K adds); everything else is frozen.
+    # None: every parameter of the model (and of a text encoder that trains) trains, today's default.
+    trainable: list[str] | None = None
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step: the step means one N-times-larger batch
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (PEFT's LoRA) on the MM-DiT's linear layers; the base weights are frozen."""
+
+    rank: int = 0  # 0: no adapters
+    alpha: float | None = None  # scale alpha / rank of the adapters' output; None: alpha = rank (scale 1)
+    dropout: float = 0.0
+    # module-name patterns (fnmatch over "double_blocks.0.img_attn.qkv", ...): every block's attention
+    # projections and MLPs by default (single blocks fuse qkv with the MLP's input in linear1, and the
+    # attention output with the MLP's output in linear2)
+    targets: list[str] = field(default_factory=lambda: ["*_attn.qkv", "*_attn.proj", "*_mlp.fc1", "*_mlp.fc2",
+                                                        "single_blocks.*.linear1", "single_blocks.*.linear2"])
+    stages: list[int] | None = None  # only the blocks these stages add (e.g. [2]: what stage 2 runs beyond stage 1)
+
+
+@dataclass
+class FinetuneConfig:
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    base_dtype: str = "float32"  # frozen base weights stored as float32 | bfloat16 (trained tensors stay float32)
 
 
 @dataclass
@@ -236,6 +265,7 @@ class NamiConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

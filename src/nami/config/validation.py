@@ -10,6 +10,8 @@ from .schema import DataConfig, NamiConfig
 
 # Choices that belong to the config itself; component names come from `nami.registry`.
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
+BASE_DTYPES = ("float32", "bfloat16")
 TEXT_POOLINGS = ("auto", "first", "mean")
 SAMPLER_PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "fp16-true")
 RUN_DIR_POLICIES = ("error", "new", "overwrite")
@@ -149,9 +151,38 @@ def validate(cfg: NamiConfig) -> None:
         raise ConfigError("eval.train_per_category", f"must be >= 1, got {cfg.eval.train_per_category}")
     if cfg.eval.keep_best and cfg.eval.every_n_steps == 0:
         raise ConfigError("eval.keep_best", "needs evaluations during training: set eval.every_n_steps > 0")
-    for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints"):
+    _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _check_finetune(cfg)
+    for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints",
+                "accumulate_grad_batches"):
         if getattr(cfg.trainer, key) < 1:
             raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
+
+
+def _check_finetune(cfg: NamiConfig) -> None:
+    lora, trainable = cfg.finetune.lora, cfg.trainer.trainable
+    _check_choice("finetune.base_dtype", cfg.finetune.base_dtype, BASE_DTYPES)
+    if trainable is not None and (not isinstance(trainable, list) or not trainable
+                                  or not all(isinstance(p, str) and p for p in trainable)):  # fmt: skip
+        raise ConfigError("trainer.trainable", f"must be a non-empty list of parameter-name patterns, got {trainable}")
+    for pattern in trainable or ():
+        if pattern.startswith("stage:") and not (pattern[6:].isdigit() and int(pattern[6:]) < cfg.num_stages):
+            raise ConfigError("trainer.trainable", f"{pattern!r}: stage:K needs a stage 0..{cfg.num_stages - 1}")
+    if lora.rank < 0:
+        raise ConfigError("finetune.lora.rank", f"must be >= 0 (0: no adapters), got {lora.rank}")
+    if lora.rank == 0:
+        return
+    if lora.alpha is not None and not (math.isfinite(lora.alpha) and lora.alpha > 0):
+        raise ConfigError("finetune.lora.alpha", f"must be a positive number, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError("finetune.lora.dropout", f"must lie in [0, 1), got {lora.dropout}")
+    if not lora.targets:
+        raise ConfigError("finetune.lora.targets", "needs at least one module-name pattern")
+    if lora.stages is not None and (not lora.stages or any(not 0 <= k < cfg.num_stages for k in lora.stages)):
+        raise ConfigError("finetune.lora.stages", f"needs stages among 0..{cfg.num_stages - 1}, got {lora.stages}")
+    if trainable is not None:
+        raise ConfigError("trainer.trainable", "with finetune.lora.rank > 0 the adapters are what trains; "
+                                               "leave trainer.trainable unset")  # fmt: skip
 
 
 def _check_data(d: DataConfig) -> None:

@@ -95,7 +95,6 @@ def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8
 
 def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int) -> dict:
     """Time of all K-1 transitions with the configured bridge and with renoise, on the same tensors."""
-    from ..bridges import build_bridge
 
     flow, bridge = pipe.flow, pipe.flow.bridge
     if flow.num_stages < 2:  # one stage (the uniform baseline): no transitions to time

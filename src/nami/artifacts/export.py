@@ -14,13 +14,13 @@ second `nami export`, does not copy a model again. With --out the directory must
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from ..bridges import BridgeFlow, bridge_from_config
+from ..bridges import BridgeFlow, bridge_from_config, load_bridges
 from ..config import ConfigError, NamiConfig, to_dict
 from . import layout
 from .files import load_torch_file, load_weights_into, numbered_directory, read_dcp_tensors
@@ -131,3 +131,40 @@ def export_at_end_of_training(run: RunDir, cfg: NamiConfig, bridge: BridgeFlow) 
         print(f"nami: warning: the run finished but its model directory was not written ({err}); "
               f"run `nami export {run.path}`", file=sys.stderr)  # fmt: skip
         return None
+
+
+def export_merged(source: str | Path, out: str | Path | None = None) -> Export:
+    """`nami export SOURCE --merge-lora`: a LoRA run's model directory (adapter files over the base model its
+    adapter_config.json names) -> a plain model directory, the adapter written into the MM-DiT's weights (at
+    scale 1). The text encoder's tensors, the bridge and the sampler settings come over unchanged."""
+    from ..models import build_model
+    from ..models.lora import AdapterSpec, add_adapter, merged_state_dict
+    from .files import load_weights_into
+    from .lora import read_adapter
+    from .model_dir import model_dir_config
+    from .weights import is_lora_dir
+
+    source = Path(source)
+    if not is_lora_dir(source):
+        if source.is_dir() and (source / "export").is_dir():  # a LoRA run: its newest model directory
+            newest = newest_export(RunDir(source))
+            if newest is not None and is_lora_dir(newest):
+                return export_merged(newest, out)
+        raise ConfigError("RUN", f"{source} is not a LoRA run or a LoRA model directory (adapter_model.safetensors "
+                                 "+ adapter_config.json beside config.json): nothing to merge")  # fmt: skip
+    cfg = model_dir_config(source, key="RUN")
+    adapter = read_adapter(source, "RUN")
+    if not adapter.base or not Path(adapter.base).exists():
+        raise ConfigError("RUN", f"the adapter in {source} was trained on {adapter.base!r}, which is not here")
+    base = read_weights(adapter.base, "RUN")
+    model = build_model(cfg)
+    load_weights_into(model, base.part("model"), base.source, "model", key="RUN")
+    add_adapter(model, AdapterSpec.from_peft(adapter.config, model), "merged", adapter.state, key="RUN")
+    weights = {**base.tensors, **{f"model.{k}": v for k, v in merged_state_dict(model).items()}}
+    plain = replace(cfg, finetune=replace(cfg.finetune, lora=replace(cfg.finetune.lora, rank=0)))
+    bridge = load_bridges(bridge_from_config(plain), source / layout.BRIDGES, "RUN")
+    training = {**read_config_json(source).get("_training", {}), "merged_lora": str(source), "base": str(adapter.base)}
+    target = Path(out) if out is not None else numbered_directory(source.parent if source.parent.name == "export"
+                                                                  else source / "merged")  # fmt: skip
+    write_model_dir(target, config_json(plain, training), weights, bridge, key="--out")
+    return Export(target, training.get("step"), written=True)

@@ -19,6 +19,8 @@ what sampling needs and nothing else, in the layout Hugging Face tools read:
     model.safetensors        weights, the same "model." (and trained "text_encoder.") keys as weights.safetensors
     bridges.safetensors      the bridge the weights were trained with
     README.md                a model card
+or, for a LoRA run, adapter_model.safetensors + adapter_config.json (PEFT's names; the config names the base
+model directory) in place of model.safetensors.
 
 The two weights files hold one layout under two names: `weights.safetensors` in a run directory (the name the
 design's CLI contract gives), `model.safetensors` in a model directory (the name Hugging Face tools look for).
@@ -50,6 +52,10 @@ TRAINING_OUTPUTS = (CHECKPOINTS, TENSORBOARD, RUN_WEIGHTS)
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CARD = "README.md"
+# A LoRA adapter (PEFT's file names): the adapter's tensors and its LoraConfig, whose base_model_name_or_path
+# names the base model directory. A LoRA run's model directory holds these instead of model.safetensors.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 MODEL_FORMAT = 1  # config.json's "_nami_format": bump when the layout changes incompatibly
 
 # ---- what makes two configs the same model -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import ConfigError, NamiConfig
 from .files import load_safetensors, load_torch_file, load_weights_into, read_dcp_tensors
-from .layout import BRIDGES, CHECKPOINTS, MODEL_CONFIG, MODEL_WEIGHTS, RUN_WEIGHTS
+from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BRIDGES, CHECKPOINTS, MODEL_CONFIG, MODEL_WEIGHTS, RUN_WEIGHTS
 
 CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
 
@@ -49,9 +49,22 @@ def weights_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_lora_dir(path: str | Path) -> bool:
+    """A LoRA run's model directory: config.json and an adapter (over the base model its adapter_config.json
+    names) instead of model.safetensors."""
+    path = Path(path)
+    return ((path / MODEL_CONFIG).is_file() and (path / ADAPTER_WEIGHTS).is_file()
+            and (path / ADAPTER_CONFIG).is_file() and not (path / MODEL_WEIGHTS).is_file())  # fmt: skip
+
+
 def is_model_dir(path: str | Path) -> bool:
     path = Path(path)
-    return (path / MODEL_CONFIG).is_file() and (path / MODEL_WEIGHTS).is_file()
+    return (path / MODEL_CONFIG).is_file() and ((path / MODEL_WEIGHTS).is_file() or is_lora_dir(path))
+
+
+def weights_home(path: str | Path, key: str = "--ckpt") -> Path:
+    """The run or model directory the weights `path` stands for belong to (where their samples go)."""
+    return Path(path) if is_lora_dir(path) else owner_directory(weights_source(path, key))
 
 
 def weights_source(path: str | Path, key: str = "--ckpt") -> Path:
@@ -61,6 +74,10 @@ def weights_source(path: str | Path, key: str = "--ckpt") -> Path:
         raise ConfigError(key, f"not found: {path}")
     if not path.is_dir() or (path / ".metadata").exists():
         return path
+    if is_lora_dir(path):
+        raise ConfigError(key, f"{path} holds a LoRA adapter, not a model: sample it with `--ckpt {path}` or "
+                               f"`--ckpt BASE --lora {path}`, or write a plain model with `nami export {path} "
+                               "--merge-lora`")  # fmt: skip
     if is_model_dir(path):
         return path / MODEL_WEIGHTS
     candidates = [(step, 1, p) for step, p in step_checkpoints(path / CHECKPOINTS)]

@@ -29,11 +29,23 @@ def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> Nam
     return config_for_weights(args.ckpt, config, overrides)
 
 
+def pipeline_with_adapters(cfg: NamiConfig, args: argparse.Namespace):
+    """The sampling pipeline over --ckpt's weights, with every --lora DIR[:SCALE] added (checked before any
+    sampling)."""
+    from ..artifacts.lora import parse_lora_argument
+    from ..sampling import Pipeline
+
+    pipeline = Pipeline.from_weights(cfg, args.ckpt)
+    for text in args.lora or ():
+        directory, scale = parse_lora_argument(text)
+        pipeline.load_lora(directory, scale)
+    return pipeline
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Progressive sampling from trained weights; --stages also writes every stage side by side."""
     from ..artifacts.files import numbered_directory
-    from ..artifacts.weights import owner_directory, weights_source
-    from ..sampling import Pipeline
+    from ..artifacts.weights import weights_home
     from ..sampling.images import write_samples
 
     if not 0 <= args.seed <= MAX_SEED - (len(args.prompt) - 1):
@@ -45,8 +57,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         overrides.append(f"sampler.guidance={args.guidance}")
     cfg = config_for_checkpoint(args, overrides)
     # the output directory first: a bad --out costs nothing
-    out = numbered_directory(Path(args.out) if args.out else owner_directory(weights_source(args.ckpt)) / SAMPLES)
-    pipeline = Pipeline.from_weights(cfg, args.ckpt)
+    out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / SAMPLES)
+    pipeline = pipeline_with_adapters(cfg, args)
     result = pipeline.sample(args.prompt, seed=args.seed, keep_stages=args.stages, batch_size=args.batch_size,
                              progress=True)  # fmt: skip
     for path in write_samples(result, args.prompt, out, stages=args.stages):
@@ -57,10 +69,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """GenEval-Shapes score per category over a fixed seeded prompt set (+ FID / CLIPScore with weights)."""
     from ..eval.report import evaluate_pipeline, format_eval
-    from ..sampling import Pipeline
 
     cfg = config_for_checkpoint(args, list(args.overrides))
-    report = evaluate_pipeline(Pipeline.from_weights(cfg, args.ckpt), cfg, args.num, progress=not args.json)
+    report = evaluate_pipeline(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "results" or args.per_image}))
     else:
@@ -74,8 +85,11 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                                                   "keys only)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="omegaconf dotlist overrides")
     parser.add_argument("--ckpt", required=True,
-                        help="a model directory (`nami export`), a run directory, weights.safetensors or "
-                             "a .ckpt")  # fmt: skip
+                        help="a model directory (`nami export`, a LoRA run's too), a run directory, "
+                             "weights.safetensors or a .ckpt")  # fmt: skip
+    parser.add_argument("--lora", action="append", metavar="DIR[:SCALE]",
+                        help="add a LoRA adapter (adapter_model.safetensors + adapter_config.json) at SCALE "
+                             "(default 1); repeatable")  # fmt: skip
 
 
 def add_commands(sub) -> None:

@@ -102,13 +102,29 @@ class NamiPipeline(
         """One PIL image per prompt."""
         return to_pil(self.sample(prompts, steps, guidance, seed, mode, latents=latents).images)
 
+    # ---- LoRA adapters ----------------------------------------------------------------------------------
+    def load_lora(self, directory: str | Path, scale: float = 1.0) -> str:
+        """Add a LoRA adapter (a directory with adapter_model.safetensors + adapter_config.json, e.g. a LoRA
+        run's model directory), active with `scale` beside those loaded before; returns its name."""
+        return self.pipeline.load_lora(directory, scale, key="load_lora")
+
+    def fuse_lora(self) -> None:
+        """Write the loaded adapters into the weights (`unfuse_lora` restores the base exactly)."""
+        self.pipeline.fuse_lora()
+
+    def unfuse_lora(self) -> None:
+        self.pipeline.unfuse_lora()
+
     # ---- the model directory --------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
-        """The tensors of model.safetensors: the MM-DiT, and the text encoder when it is trained."""
+        """The tensors of model.safetensors: the MM-DiT (its own weights: loaded adapters are not included unless
+        fused into them with `fuse_lora`), and the text encoder when it is trained."""
+        from ..models.lora import base_state_dict
+
         parts = {"model": self.parts.model}
         if self.parts.text_encoder.trainable:
             parts["text_encoder"] = self.parts.text_encoder
-        return {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+        return {f"{name}.{k}": v for name, part in parts.items() for k, v in base_state_dict(part).items()}
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> str | None:
         """Write the model directory (config.json, model.safetensors, bridges.safetensors, README.md) into a new

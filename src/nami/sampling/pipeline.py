@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -103,6 +104,8 @@ class Pipeline:
             self.model.to(self.settings.cast_dtype)
         self._compiled: torch.nn.Module | None = None
         self.weights_dir = None  # the run or model directory the weights came from (`from_weights`)
+        self.lora_scales: dict[str, float] = {}  # adapters on the model (load_lora), by name, with their scales
+        self._fused: dict[str, torch.Tensor] | None = None  # base weights kept aside while adapters are fused
 
     @classmethod
     def from_config(cls, parts: Parts, cfg: NamiConfig, model: NestedMMDiT | None = None,
@@ -118,8 +121,15 @@ class Pipeline:
         """Over the weights `path` stands for (a model or run directory, a weights file or a checkpoint; see
         `nami.artifacts.weights`) and the bridge that belongs with them, on the device `trainer.accelerator`
         picks (`sampling_device`). `weights_dir` is the directory the weights came from."""
+        from ..artifacts.lora import read_adapter
+        from ..artifacts.weights import is_lora_dir
         from ..parts import trained_parts
 
+        if is_lora_dir(path):  # a LoRA run's model directory: its base model, then its adapter
+            pipeline = cls.from_weights(cfg, lora_base(cfg, read_adapter(path, "--ckpt")), **settings)
+            pipeline.load_lora(path, key="--ckpt")
+            pipeline.weights_dir = Path(path)
+            return pipeline
         parts, directory = trained_parts(cfg, path)
         pipeline = cls.from_config(parts, cfg, **settings).to(sampling_device(cfg.trainer.accelerator))
         pipeline.weights_dir = directory
@@ -128,6 +138,43 @@ class Pipeline:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    # ---- LoRA adapters (PEFT, nami.models.lora) ---------------------------------------------------------
+    def load_lora(self, directory, scale: float = 1.0, key: str = "--lora") -> str:
+        """Add the adapter in `directory` (adapter_model.safetensors + adapter_config.json) to the model, active
+        with `scale` beside any loaded before; returns its name. An adapter for another model or other targets
+        is one ConfigError line naming `key`."""
+        from ..artifacts.lora import read_adapter
+        from ..models.lora import AdapterSpec, add_adapter, set_active
+
+        if self._fused is not None:
+            raise ConfigError(key, "unfuse_lora() first: adapters are fused into the weights")
+        files = read_adapter(directory, key)
+        name, i = files.name, 2
+        while name in self.lora_scales:
+            name, i = f"{files.name}_{i}", i + 1
+        add_adapter(self.model, AdapterSpec.from_peft(files.config, self.model), name, files.state, key)
+        self.lora_scales[name] = float(scale)
+        set_active(self.model, self.lora_scales)
+        self._compiled = None  # the graph changed
+        return name
+
+    def fuse_lora(self) -> None:
+        """Write the loaded adapters into the model's weights (faster sampling; `unfuse_lora` undoes it)."""
+        from ..models.lora import fuse
+
+        if self._fused is None and self.lora_scales:
+            self._fused = fuse(self.model)
+            self._compiled = None
+
+    def unfuse_lora(self) -> None:
+        """Restore the weights `fuse_lora` changed, bit for bit."""
+        from ..models.lora import unfuse
+
+        if self._fused is not None:
+            unfuse(self.model, self._fused)
+            self._fused = None
+            self._compiled = None
 
     def to(self, device: str | torch.device) -> "Pipeline":
         """Move the networks (the frozen encoders included) to `device`."""
@@ -256,6 +303,26 @@ class Pipeline:
         while z.shape[-1] < self.latent_size:
             z = up(z)
         return z
+
+
+def lora_base(cfg: NamiConfig, adapter) -> Path:
+    """The base model directory an adapter names, checked to hold a model of `cfg`'s shape (the adapter's
+    config may differ from the base's in its finetune block only)."""
+    from ..artifacts.layout import first_difference
+    from ..artifacts.model_dir import config_for_weights
+    from ..config import to_dict
+
+    if not adapter.base or not Path(adapter.base).exists():
+        raise ConfigError("--ckpt", f"the adapter in {adapter.directory} was trained on {adapter.base!r}, which is "
+                                    "not here: sample it with --ckpt BASE --lora DIR")  # fmt: skip
+    own, base = to_dict(cfg), to_dict(config_for_weights(adapter.base))
+    base["finetune"] = own["finetune"]
+    difference = first_difference(base, own)
+    if difference is not None:
+        name, theirs, ours = difference
+        raise ConfigError("--ckpt", f"the adapter's base {adapter.base} has {name}={theirs!r}, the adapter was "
+                                    f"trained with {ours!r}")  # fmt: skip
+    return Path(adapter.base)
 
 
 def _casting(network, dtype: torch.dtype):

@@ -90,3 +90,24 @@ def text_overrides(mt5: Path, mclip: Path, max_length: int = 8, pooled_max_lengt
     return [f"text_encoder.path={mt5}", f"text_encoder.pooled_path={mclip}",
             f"text_encoder.max_length={max_length}", f"text_encoder.pooled_max_length={pooled_max_length}",
             "text_encoder.dtype=float32"]  # fmt: skip
+
+
+def flux_output(state: dict, depth: int, z, t, states, pooled, lora: dict | None = None) -> torch.Tensor:
+    """diffusers' Flux holding the first `depth` blocks (doubles first) of `state`, with the diffusers-format
+    LoRA `lora` (those of its keys for the blocks it holds) loaded through diffusers' own PEFT integration; its
+    output on the packed latent, unpacked."""
+    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+
+    double = min(depth, FLUX["num_layers"])
+    flux = random_flux(num_layers=double, num_single_layers=depth - double)
+    flux.load_state_dict(blocks_prefix(state, double, depth - double))
+    if lora:
+        inner = blocks_prefix({k.removeprefix("transformer."): v for k, v in lora.items()}, double, depth - double)
+        flux.load_lora_adapter({f"transformer.{k}": v for k, v in inner.items()}, prefix="transformer",
+                               adapter_name="kit")  # fmt: skip
+    b, c, h, w = z.shape
+    ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, z.device, z.dtype)
+    out = flux(hidden_states=FluxPipeline._pack_latents(z, b, c, h, w), encoder_hidden_states=states,
+               pooled_projections=pooled, timestep=t, img_ids=ids, txt_ids=torch.zeros(states.shape[1], 3),
+               return_dict=False)[0]  # fmt: skip
+    return FluxPipeline._unpack_latents(out, h, w, 1)

@@ -23,6 +23,7 @@ from ..config import ConfigError, NamiConfig
 from ..models import build_model
 from ..models.official import (
     check_keys,
+    kit_lora_to_diffusers,
     kit_bridge_to_official,
     kit_to_official,
     official_bridge_to_kit,
@@ -31,7 +32,10 @@ from ..models.official import (
 from . import layout
 from .files import load_safetensors, load_torch_file, refuse_nonempty
 from .model_dir import config_json, write_model_dir
+from .lora import is_adapter_dir, read_adapter
 from .weights import read_weights
+
+DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights looks for
 
 # What the release's folders hold, in the order a directory given as --transformer is searched.
 OFFICIAL_TRANSFORMER_FILES = ("pytorch_model_fsdp.bin", "diffusion_pytorch_model.safetensors",
@@ -113,9 +117,13 @@ def convert_official(cfg: NamiConfig, transformer: str | Path, bridge: str | Pat
 
 def convert_to_official(cfg: NamiConfig, weights: str | Path, bridge: str | Path | None,
                         out: str | Path) -> ConvertReport:  # fmt: skip
-    """Kit weights (+ bridges.safetensors, default: the weights' directory's) -> the release's file layout."""
+    """Kit weights (+ bridges.safetensors, default: the weights' directory's) -> the release's file layout. A
+    LoRA run's model directory (or a bare adapter directory) gives its adapter in diffusers' Flux LoRA keys
+    instead (`lora_to_diffusers`): the base is the release itself."""
     out = Path(out)
     refuse_nonempty(out, "--out")
+    if is_adapter_dir(weights):
+        return lora_to_diffusers(cfg, weights, out)
     found = read_weights(weights, "--transformer")
     other = next((k for k in found.tensors if not k.startswith("model.")), None)
     if other is not None:
@@ -135,3 +143,22 @@ def convert_to_official(cfg: NamiConfig, weights: str | Path, bridge: str | Path
     bridge_state = kit_bridge_to_official(fitted.state_dict())
     torch.save({k: v.detach().clone() for k, v in bridge_state.items()}, files[1])
     return ConvertReport(sum(v.numel() for v in state.values()), files)
+
+
+def lora_to_diffusers(cfg: NamiConfig, directory: str | Path, out: Path) -> ConvertReport:
+    """The adapter in `directory` -> out/pytorch_lora_weights.safetensors in diffusers' Flux LoRA keys, for the
+    release's own pipeline: `pipe.load_lora_weights(out)` (see `official.kit_lora_to_diffusers`)."""
+    from safetensors.torch import save_file
+
+    from ..models.lora import AdapterSpec, check_adapter_state
+
+    adapter = read_adapter(directory, "--transformer")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    spec = AdapterSpec.from_peft(adapter.config, model)
+    check_adapter_state(model, spec, adapter.state, "--transformer")
+    state = kit_lora_to_diffusers(adapter.state, spec.alpha / spec.rank, *_blocks(cfg), cfg.model.width)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / DIFFUSERS_LORA
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return ConvertReport(sum(v.numel() for v in adapter.state.values()), [path])

@@ -142,3 +142,30 @@ def check_keys(state: Tensors, expected: Tensors, key: str, where: str, what: st
     for name in state:
         if name not in expected:
             raise ConfigError(key, f"{where} holds {name}, which {what} does not have")
+
+
+def kit_lora_to_diffusers(state: Tensors, scale: float, double_blocks: int, single_blocks: int, width: int,
+                          prefix: str = "transformer") -> dict[str, torch.Tensor]:  # fmt: skip
+    """A kit LoRA adapter ("<kit module>.lora_A.weight" / ".lora_B.weight", as PEFT saves it) in diffusers'
+    Flux LoRA keys ("transformer.<diffusers module>.lora_A.weight"), what `FluxPipeline.load_lora_weights`
+    reads. A fused kit projection's adapter splits exactly: delta = scale * B @ A, and splitting the rows of the
+    delta is splitting the rows of B, so every official part gets the same A and its rows of B. The adapter's
+    scale (alpha / rank) is written into B, so the diffusers adapter needs no alpha (diffusers then takes
+    alpha = rank, scale 1)."""
+    rules = {rule.kit: rule for rule in transformer_rules(double_blocks, single_blocks)}
+    out = {}
+    for key, tensor in state.items():
+        module, _, which = key.rpartition(".lora_")
+        if module not in rules or which not in ("A.weight", "B.weight"):
+            raise ConfigError("--transformer", f"the adapter holds {key}, which has no official counterpart")
+        rule = rules[module]
+        if which == "A.weight":
+            pieces = (tensor,) * len(rule.official)
+        elif rule.how == "fuse":
+            sizes = [width] * 3 + ([tensor.shape[0] - 3 * width] if len(rule.official) == 4 else [])
+            pieces = (scale * tensor).split(sizes, dim=0)
+        else:
+            pieces = (scale * (_swap_halves(tensor) if rule.how == "swap" else tensor),)
+        for name, piece in zip(rule.official, pieces):
+            out[f"{prefix}.{name}.lora_{which}"] = piece.contiguous().clone()
+    return out

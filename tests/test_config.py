@@ -68,6 +68,24 @@ BAD_OVERRIDES = [
     (["flow.prediction=noise"], "flow.prediction"),
     (["trainer.strategy=deepspeed"], "trainer.strategy"),
     (["model.width"], "model.width"),  # not key=value
+    # values that passed validation and crashed later, or asked for unbounded work (issue 23, items 10, 12, 13)
+    (["model.heads=0"], "model.heads"),  # ZeroDivisionError inside validation before
+    (["model.width=0"], "model.width"),
+    (["model.width=-64"], "model.width"),
+    (["model.heads=-4"], "model.heads"),
+    (["model.width=1000000000"], "model.width"),
+    (["model.single_blocks=1000000"], "model.single_blocks"),
+    (["text_encoder.max_length=0"], "text_encoder.max_length"),
+    (["text_encoder.max_length=1000000000"], "text_encoder.max_length"),
+    (["text_encoder.dim=-8"], "text_encoder.dim"),
+    (["optim.lr=-0.001"], "optim.lr"),
+    (["optim.lr=nan"], "optim.lr"),
+    (["seed=-1"], "seed"),
+    (["optim.warmup_steps=-5"], "optim.warmup_steps"),
+    (["sampler.steps=[1000000000,1,1]"], "sampler.steps[0]"),
+    (["eval.per_category=1000000000"], "eval.per_category"),
+    (["name=../outside"], "name"),
+    (["name=a/b"], "name"),
 ]
 
 
@@ -123,3 +141,26 @@ def test_nami_config_prints_the_resolved_config_and_help_points_at_it(capsys):
     assert main(["config", str(TINY), "model.wdth=3"]) == 2 and "model.wdth" in capsys.readouterr().err
     help_text = subprocess.run([Path(sys.executable).parent / "nami", "--help"], capture_output=True, text=True).stdout
     assert "nami config CONFIG" in help_text
+
+
+@pytest.mark.parametrize("kind", ["billion_laughs", "deep", "not_utf8", "huge"])
+def test_hostile_yaml_is_one_line_quickly(kind, tmp_path, capsys):
+    """A config file cannot hang, exhaust memory or dump a 3,000-line RecursionError (issue 23, item 11)."""
+    import time
+
+    path = tmp_path / f"{kind}.yaml"
+    if kind == "billion_laughs":
+        lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+        lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+        path.write_text("\n".join(lines) + "\n")  # 9^10 strings once expanded
+    elif kind == "deep":
+        path.write_text("model: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    elif kind == "not_utf8":
+        path.write_bytes(b"name: caf\xe9\n")
+    else:
+        path.write_text("name: x\n" + "# padding\n" * 200_000)
+    start = time.perf_counter()
+    assert main(["info", str(path)]) == 2
+    assert time.perf_counter() - start < 20  # one line, at once (minutes or a crash before)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err, err

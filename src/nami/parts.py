@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .artifacts.weights import fitted_bridge, load_parts_weights, read_weights
 from .bridges import BridgeFlow, bridge_from_config
-from .config import NamiConfig
+from .config import ConfigError, NamiConfig
 from .flow import PyramidFlow, PyramidSchedule
 from .models import Autoencoder, NestedMMDiT, TextEncoder, build_autoencoder, build_model, build_text_encoder
 
@@ -65,6 +65,26 @@ def trained_parts(cfg: NamiConfig, path: str | Path, key: str = "--ckpt") -> tup
     bridge that belongs with them (bridge.weights, else the weights' directory's bridges.safetensors); also
     the directory the weights came from."""
     weights = read_weights(path, key)
+    check_shapes_before_building(cfg, weights, key)
     parts = build_parts(cfg, weights.directory)
     load_parts_weights(weights, {"model": parts.model, "text_encoder": parts.text_encoder}, key)
     return parts, weights.directory
+
+
+def check_shapes_before_building(cfg: NamiConfig, weights, key: str = "--ckpt") -> None:
+    """The weights' MM-DiT tensors against the shapes `cfg`'s model would have, compared on the meta device
+    before the model is built: a config that does not describe these weights (a tampered config.json claiming
+    a far larger model) is one line, not an allocation of what it claims."""
+    import torch
+
+    with torch.device("meta"):
+        meta = build_model(cfg)
+    own = weights.part("model")
+    for name, tensor in meta.state_dict().items():
+        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
+            raise ConfigError(key, f"{weights.source} does not fit this config's model: {name} is "
+                                   f"{tuple(own[name].shape)} there, {tuple(tensor.shape)} here "
+                                   "(another model.width / heads / blocks?)")  # fmt: skip
+    missing = [name for name in meta.state_dict() if name not in own]
+    if missing:
+        raise ConfigError(key, f"{weights.source} does not fit this config's model (it lacks {missing[0]})")

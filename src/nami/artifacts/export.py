@@ -24,7 +24,7 @@ from ..bridges import BridgeFlow, bridge_from_config, load_bridges
 from ..config import ConfigError, NamiConfig, to_dict
 from . import layout
 from .files import load_torch_file, load_weights_into, numbered_directory, read_dcp_tensors
-from .model_dir import config_json, is_model_dir, read_config_json, write_model_dir
+from .model_dir import config_json, is_model_dir, model_dir_config, read_config_json, write_model_dir
 from .run_dir import RunDir
 from .weights import fitted_bridge, read_weights
 
@@ -104,7 +104,8 @@ def export_run(source: str | Path, out: str | Path | None = None, cfg: NamiConfi
         raise ConfigError("RUN", f"not found: {source}")
     weights = read_weights(source, "RUN")
     run = RunDir(weights.directory)
-    cfg = cfg if cfg is not None else run.config()
+    if cfg is None:  # the config the run recorded, or the model directory's own
+        cfg = model_dir_config(run.path, key="RUN") if is_model_dir(run.path) else run.config()
     step = weights.step
     if out is None:
         previous = newest_export(run)
@@ -141,7 +142,6 @@ def export_merged(source: str | Path, out: str | Path | None = None) -> Export:
     from ..models.lora import AdapterSpec, add_adapter, merged_state_dict
     from .files import load_weights_into
     from .lora import read_adapter
-    from .model_dir import model_dir_config
     from .weights import is_lora_dir
 
     source = Path(source)

@@ -12,6 +12,7 @@ Every failure is one `ConfigError` line naming the file.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import shutil
@@ -67,7 +68,11 @@ def read_dcp_metadata(directory: Path, key: str = "--ckpt"):
 
 
 def read_dcp_tensors(directory: Path, wanted: Callable[[str], bool], key: str = "--ckpt") -> dict[str, torch.Tensor]:
-    """Full tensors of the DCP directory whose names `wanted` accepts, assembled from their shards."""
+    """Full tensors of the DCP directory whose names `wanted` accepts, assembled from their shards.
+
+    The index is a claim, checked before anything is allocated: every chunk lies inside its tensor, its bytes
+    lie inside its shard file, and a tensor's declared size is backed by that many bytes of its chunks, so a
+    1 KB index cannot ask for gigabytes (or terabytes)."""
     from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
 
     metadata = read_dcp_metadata(directory, key)
@@ -76,26 +81,46 @@ def read_dcp_tensors(directory: Path, wanted: Callable[[str], bool], key: str = 
     for fqn, item in metadata.state_dict_metadata.items():
         if not isinstance(item, TensorStorageMetadata) or not wanted(fqn):
             continue
-        full = torch.empty(tuple(item.size), dtype=item.properties.dtype)
-        for index, chunk in enumerate(item.chunks):
-            info = metadata.storage_data.get(MetadataIndex(fqn, chunk.offsets, index))
-            if info is None or getattr(info, "transform_descriptors", None):
-                raise ConfigError(key, f"{directory}: {fqn} is stored in a form this reader does not take")
-            shard = (root / info.relative_path).resolve()
-            if root not in shard.parents:
-                raise ConfigError(key, f"{directory}: {fqn} points outside the checkpoint directory")
+        size, dtype = tuple(int(n) for n in item.size), item.properties.dtype
+        pieces = [_dcp_chunk(directory, root, metadata, MetadataIndex(fqn, chunk.offsets, index), chunk, size,
+                             dtype, key) for index, chunk in enumerate(item.chunks)]  # fmt: skip
+        declared = math.prod(size) * dtype.itemsize
+        if declared > sum(length for _, _, length in pieces):
+            raise ConfigError(key, f"{directory}: {fqn} declares {list(size)} ({declared:,} bytes) but its chunks "
+                                   "hold fewer bytes")  # fmt: skip
+        full = torch.empty(size, dtype=dtype)
+        for chunk, shard, length in pieces:
             try:
                 with open(shard, "rb") as handle:
-                    handle.seek(info.offset)
-                    piece = torch.load(io.BytesIO(handle.read(info.length)), weights_only=True, map_location="cpu")
+                    handle.seek(chunk[1])
+                    piece = torch.load(io.BytesIO(handle.read(length)), weights_only=True, map_location="cpu")
+                region = full
+                for dim, (start, extent) in enumerate(zip(chunk[0].offsets, chunk[0].sizes)):
+                    region = region.narrow(dim, start, extent)
+                region.copy_(piece.reshape(tuple(chunk[0].sizes)))
             except Exception as err:  # noqa: BLE001 - any failure of a shard means the directory is unreadable
                 raise ConfigError(key, f"{directory}: cannot read {fqn} ({_first_line(err)})") from None
-            region = full
-            for dim, (start, size) in enumerate(zip(chunk.offsets, chunk.sizes)):
-                region = region.narrow(dim, start, size)
-            region.copy_(piece.reshape(tuple(chunk.sizes)))
         out[fqn] = full
     return out
+
+
+def _dcp_chunk(directory, root, metadata, index, chunk, size, dtype, key):
+    """((chunk, offset), shard path, byte length) of one chunk, after checking it against its tensor and file."""
+    fqn = index.fqn
+    info = metadata.storage_data.get(index)
+    if info is None or getattr(info, "transform_descriptors", None):
+        raise ConfigError(key, f"{directory}: {fqn} is stored in a form this reader does not take")
+    offsets, sizes = tuple(int(n) for n in chunk.offsets), tuple(int(n) for n in chunk.sizes)
+    if len(offsets) != len(size) or len(sizes) != len(size) or any(
+            o < 0 or n < 0 or o + n > s for o, n, s in zip(offsets, sizes, size)):  # fmt: skip
+        raise ConfigError(key, f"{directory}: a chunk of {fqn} lies outside the tensor's {list(size)}")
+    shard = (root / info.relative_path).resolve()
+    if root not in shard.parents:
+        raise ConfigError(key, f"{directory}: {fqn} points outside the checkpoint directory")
+    available = shard.stat().st_size if shard.is_file() else -1
+    if info.offset < 0 or info.length < math.prod(sizes) * dtype.itemsize or info.offset + info.length > available:
+        raise ConfigError(key, f"{directory}: a chunk of {fqn} claims bytes its file {shard.name} does not hold")
+    return (chunk, info.offset), shard, info.length
 
 
 def load_torch_file(path: Path, key: str = "--ckpt") -> dict:
@@ -161,8 +186,9 @@ def safe_dcp_loading():
 
 
 def load_weights_into(part: nn.Module, state: dict[str, torch.Tensor], source: Path, what: str, key: str = "--ckpt"):
-    """Load `state` into `part` after checking every name and shape: a checkpoint of another size is one line
-    naming the first tensor that differs, not a size-mismatch traceback."""
+    """Load `state` into `part` after checking every name, shape and value: a checkpoint of another size is one
+    line naming the first tensor that differs, not a size-mismatch traceback; weights that are not floating
+    point (bool, integers) or hold NaN or infinity are refused (they would sample black images without a word)."""
     own = part.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -174,7 +200,17 @@ def load_weights_into(part: nn.Module, state: dict[str, torch.Tensor], source: P
             raise ConfigError(key, f"{source} does not fit this config's {what}: {name} is "
                                    f"{tuple(state[name].shape)} there, {tuple(tensor.shape)} here "
                                    "(another model.width / heads / blocks?)")  # fmt: skip
+        check_finite(state[name], f"{what}.{name}", source, key, floating=tensor.is_floating_point())
     part.load_state_dict(state)
+
+
+def check_finite(tensor: torch.Tensor, name: str, source, key: str, floating: bool = True) -> None:
+    """A weight tensor must be floating point (where its place is) and hold only finite values."""
+    if floating and not tensor.is_floating_point():
+        raise ConfigError(key, f"{source}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
+                               "floating-point weights")  # fmt: skip
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ConfigError(key, f"{source}: {name} holds NaN or infinite values; refusing to load it")
 
 
 def _first_line(err: BaseException) -> str:
@@ -204,9 +240,9 @@ def directory_in_place(out: Path, key: str):
         partial.mkdir()
         yield partial
         os.rename(partial, out)  # POSIX: replaces `out` only if it is an empty directory
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # a full disk, a read-only file system, a file-size limit
         shutil.rmtree(partial, ignore_errors=True)
-        raise ConfigError(key, f"cannot write {out} ({err.strerror or err})") from None
+        raise ConfigError(key, f"cannot write {out} ({write_failure(err)})") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -225,6 +261,18 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_failure(err: BaseException) -> str:
+    """Why a write failed, in a few words (errno's text: "No space left on device", "File too large", ...).
+    torch.save's archive writer reports a failed write without the errno ("unexpected pos ..."), so that case
+    says what it can."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = _first_line(err)
+    if "inline_container" in text or "unexpected pos" in text or "file write failed" in text:
+        return "the write stopped short: a full disk, a file-size limit or a read-only directory"
+    return text
 
 
 def numbered_directory(base: Path, key: str = "--out") -> Path:

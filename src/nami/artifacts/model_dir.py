@@ -25,6 +25,8 @@ from ..config import ConfigError, NamiConfig, config_from_dict, load, to_dict
 from . import layout
 from .files import directory_in_place
 
+MAX_CONFIG_JSON_BYTES = 4 << 20  # a config.json is a few KB; its training config under "_training" a few more
+
 # re-exported for readers of a model directory
 from .weights import is_model_dir  # noqa: F401
 
@@ -45,10 +47,15 @@ def read_config_json(directory: str | Path, key: str = "--ckpt") -> dict[str, An
     if not file.is_file():
         raise ConfigError(key, f"{directory} is not a model directory (no {layout.MODEL_CONFIG}; `nami export` "
                                "writes one)")  # fmt: skip
+    if file.stat().st_size > MAX_CONFIG_JSON_BYTES:
+        raise ConfigError(str(file), f"is {file.stat().st_size:,} bytes; a model config is at most "
+                                     f"{MAX_CONFIG_JSON_BYTES:,}")  # fmt: skip
     try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ConfigError(str(file), f"not valid JSON ({err})") from None
+    except RecursionError:
+        raise ConfigError(str(file), "nests too deep to be a model config") from None
     if not isinstance(data, dict) or data.get("_nami_format") != layout.MODEL_FORMAT:
         found = data.get("_nami_format") if isinstance(data, dict) else None
         raise ConfigError(str(file), f"not a NAMI model config (_nami_format {found!r}, this kit reads "
@@ -57,7 +64,9 @@ def read_config_json(directory: str | Path, key: str = "--ckpt") -> dict[str, An
 
 
 def _model_part(data: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in data.items() if not key.startswith("_")}
+    """The config sections of config.json; other top-level keys (provenance under "_training", fields other
+    tools add) are not config."""
+    return {key: value for key, value in data.items() if key in layout.MODEL_SECTIONS}
 
 
 def layered_config(recorded: NamiConfig, source: str | Path, config: str | Path | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -47,6 +48,10 @@ def load_bridges(bridge: BridgeFlow, path: str | Path, key: str = "bridge.weight
     for field, value in expected.items():
         if field in metadata and metadata[field] != value:
             raise ConfigError(key, f"{path} holds {field}={metadata[field]}, the config needs {value}")
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(key, f"{path}: {name} holds {'NaN or infinite' if tensor.is_floating_point() else 'non-float'} "
+                                   "values; refusing to load the bridge")  # fmt: skip
     missing, unexpected = bridge.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ConfigError(key, f"{path} does not match bridge kind {bridge.kind!r} "

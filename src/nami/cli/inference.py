@@ -13,9 +13,8 @@ from pathlib import Path
 
 from ..artifacts.layout import SAMPLES
 from ..config import ConfigError, NamiConfig
+from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED
 from .common import positive_int
-
-MAX_SEED = 2**63 - 1  # torch generators take seeds up to this
 
 
 def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> NamiConfig:
@@ -48,6 +47,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..artifacts.weights import weights_home
     from ..sampling.images import write_samples
 
+    for prompt in args.prompt:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # the shell handed bytes that are not UTF-8 (kept as surrogates by Python)
+            raise ConfigError("--prompt", f"{prompt.encode('utf-8', 'replace').decode()!r} is not UTF-8 text") from None
     if not 0 <= args.seed <= MAX_SEED - (len(args.prompt) - 1):
         raise ConfigError("--seed", f"must lie in [0, 2**63 - 1 - (prompts - 1)] (prompt i uses seed + i), got {args.seed}")
     overrides = list(args.overrides)
@@ -70,6 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """GenEval-Shapes score per category over a fixed seeded prompt set (+ FID / CLIPScore with weights)."""
     from ..eval.report import evaluate_pipeline, format_eval
 
+    if args.num is not None and args.num > MAX_PROMPTS_PER_CATEGORY:
+        raise ConfigError("--num", f"must be at most {MAX_PROMPTS_PER_CATEGORY:,} prompts per category, got {args.num:,}")
     cfg = config_for_checkpoint(args, list(args.overrides))
     report = evaluate_pipeline(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
     if args.json:

@@ -7,7 +7,6 @@ what ran and two configs that build the same thing compare equal.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import sys
@@ -36,19 +35,75 @@ ALIASES = {
 }
 
 
+# Bounds on a YAML file, checked before it is turned into a config: a config is a few KB; a hostile file
+# (a billion laughs, a nesting thousands deep, megabytes of text) must cost one line, not minutes or a crash.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # nodes of the document with every alias expanded (OmegaConf copies what aliases share)
+MAX_YAML_DEPTH = 64
+
+
 def _read_yaml(path: Path, key: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(key, f"config file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(str(path), f"is {path.stat().st_size:,} bytes; a config is at most {MAX_YAML_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), f"is not UTF-8 text (byte {err.start})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(node, path)
+        data = yaml.SafeLoader(text).construct_document(node) if node is not None else {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(where, f"not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(str(path), f"nests deeper than {MAX_YAML_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise ConfigError(str(path), "top level must be a mapping")
     return data
+
+
+def _check_size(root, path: Path) -> None:
+    """Refuse a composed YAML document whose expansion (aliases counted at every use) exceeds MAX_YAML_NODES
+    nodes or MAX_YAML_DEPTH levels. Walks the node graph iteratively, memoising shared (aliased) nodes."""
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    stack = [(root, 0, False)]
+    while stack:
+        node, depth, expanded = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(str(path), f"nests deeper than {MAX_YAML_DEPTH} levels")
+        if id(node) in sizes:
+            continue
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if expanded or not children:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(str(path), f"expands to more than {MAX_YAML_NODES:,} values (aliases counted at "
+                                             "every use); a config is far smaller")  # fmt: skip
+            continue
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+
+
+def _literal(data: Any) -> Any:
+    """Stored data (a checkpoint's, a run's or a model directory's config) made inert: `${...}` in a string stays
+    text. Interpolation is resolved only in the YAML files and overrides a person gives, never in files the kit
+    reads back (a model directory from elsewhere must not read environment variables such as tokens)."""
+    if isinstance(data, dict):
+        return {k: _literal(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_literal(v) for v in data]
+    return data.replace("${", "\\${") if isinstance(data, str) else data
 
 
 def _compose(path: Path, moved: set[str], key: str = "config", seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -151,7 +206,7 @@ def load(
     moved: set[str] = set()
     layers = []
     if under is not None:
-        layers.append(OmegaConf.create(_move_aliases(copy.deepcopy(under), None, moved)))
+        layers.append(OmegaConf.create(_move_aliases(_literal(under), None, moved)))
     if path is not None:
         layers.append(_compose(Path(path), moved))
     for item in overrides:
@@ -170,7 +225,9 @@ def config_from_dict(data: dict[str, Any]) -> NamiConfig:
     """A validated `NamiConfig` from its plain-dict form (`to_dict`), e.g. a checkpoint's hyperparameters (one
     written before a key moved reads too: ALIASES)."""
     moved: set[str] = set()
-    return _build([OmegaConf.create(_move_aliases(copy.deepcopy(data), None, moved))], moved)
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"a stored config is a mapping, not {type(data).__name__}")
+    return _build([OmegaConf.create(_move_aliases(_literal(data), None, moved))], moved)
 
 
 def to_dict(cfg: NamiConfig) -> dict[str, Any]:

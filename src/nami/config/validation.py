@@ -44,8 +44,67 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
+# Sane ranges: a value outside them is a typo or a hostile file, refused before anything is built or allocated
+# (a width of 10^9 would ask for exabytes; 10^9 sampler steps would run for ever).
+MAX_SIDE = 16_384  # pixels of the full resolution
+MAX_WIDTH = 65_536  # model width, text states, pooled vector
+MAX_BLOCKS = 1_024
+MAX_TOKENS = 65_536  # text tokens per caption
+MAX_STEPS_PER_STAGE = 10_000
+MAX_SEED = 2**63 - 1  # what torch generators take
+MAX_PROMPTS_PER_CATEGORY = 100_000
+
+
+def _check_range(key: str, value, low, high=None, low_open: bool = False) -> None:
+    """low <= value <= high (low < value with `low_open`), value a finite number; else one line naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
+    if (value <= low if low_open else value < low) or (high is not None and value > high):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise ConfigError(key, f"must lie in {bound.replace(', None]', ', inf)')}, got {value}")
+
+
+def check_ranges(cfg: NamiConfig) -> None:
+    """Every number in its sane range and the run name a plain name (checked first: later checks divide by
+    heads, count blocks, ...)."""
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0"):
+        raise ConfigError("name", f"must be a plain directory name (no path separators), got {cfg.name!r}")
+    _check_range("seed", cfg.seed, 0, MAX_SEED)
+    _check_range("resolution", cfg.resolution, 1, MAX_SIDE)
+    m, te, ae, o = cfg.model, cfg.text_encoder, cfg.autoencoder, cfg.optim
+    _check_range("model.width", m.width, 1, MAX_WIDTH)
+    _check_range("model.heads", m.heads, 1, m.width)
+    _check_range("model.double_blocks", m.double_blocks, 0, MAX_BLOCKS)
+    _check_range("model.single_blocks", m.single_blocks, 0, MAX_BLOCKS - m.double_blocks)
+    _check_range("model.mlp_ratio", m.mlp_ratio, 0, 64, low_open=True)
+    _check_range("model.patch_size", m.patch_size, 1, 64)
+    _check_range("model.rope_theta", m.rope_theta, 0, low_open=True)
+    _check_range("text_encoder.dim", te.dim, 1, MAX_WIDTH)
+    _check_range("text_encoder.pooled_dim", te.pooled_dim, 1, MAX_WIDTH)
+    _check_range("text_encoder.max_length", te.max_length, 1, MAX_TOKENS)
+    if te.pooled_max_length is not None:
+        _check_range("text_encoder.pooled_max_length", te.pooled_max_length, 1, MAX_TOKENS)
+    _check_range("autoencoder.channels", ae.channels, 1, 1024)
+    _check_range("autoencoder.downsample", ae.downsample, 1, 64)
+    _check_range("optim.lr", o.lr, 0, low_open=True)
+    _check_range("optim.weight_decay", o.weight_decay, 0)
+    for i, beta in enumerate(o.betas):
+        _check_range(f"optim.betas[{i}]", beta, 0, 1)
+    _check_range("optim.warmup_steps", o.warmup_steps, 0)
+    _check_range("optim.grad_clip", o.grad_clip, 0)
+    _check_range("optim.ema_decay", o.ema_decay, 0, 1)
+    for i, steps in enumerate(cfg.sampler.steps):
+        _check_range(f"sampler.steps[{i}]", steps, 1, MAX_STEPS_PER_STAGE)
+    _check_range("sampler.uniform_steps", cfg.sampler.uniform_steps, 1, MAX_STEPS_PER_STAGE)
+    _check_range("eval.per_category", cfg.eval.per_category, 1, MAX_PROMPTS_PER_CATEGORY)
+    _check_range("eval.train_per_category", cfg.eval.train_per_category, 1, MAX_PROMPTS_PER_CATEGORY)
+    _check_range("eval.batch_size", cfg.eval.batch_size, 1, 4096)
+    _check_range("data.batch_size", cfg.data.batch_size, 1, 1 << 20)
+
+
 def validate(cfg: NamiConfig) -> None:
     """Cross-field checks that the schema alone cannot express. Raises ConfigError naming the key."""
+    check_ranges(cfg)
     m, f = cfg.model, cfg.flow
     r = f.stage_range
     if len(r) < 2 or r[0] != 0.0 or r[-1] != 1.0 or any(b <= a for a, b in zip(r, r[1:])):

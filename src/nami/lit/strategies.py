@@ -18,7 +18,14 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
+from ..artifacts.files import write_failure
+from ..errors import RunStopped
+
 PARTIAL = ".partial"
+
+
+class CheckpointWriteError(RunStopped):
+    """A checkpoint could not be written (a full disk, a read-only directory, a file-size limit)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,13 +39,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage: leave it to fsspec's transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + PARTIAL)
-        with open(partial, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as handle:  # a stale partial of a failed save is replaced
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+            partial.unlink(missing_ok=True)
+            raise CheckpointWriteError(f"could not write the checkpoint {path} ({write_failure(err)}); the "
+                                       "previous checkpoints are intact: free space and resume with "
+                                       "trainer.resume=last") from None
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):

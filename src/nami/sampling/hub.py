@@ -22,10 +22,12 @@ from PIL import Image
 
 from ..artifacts import layout
 from ..artifacts.files import refuse_nonempty
+from ..artifacts.lora import read_adapter
+from ..artifacts.weights import is_lora_dir
 from ..artifacts.model_dir import config_json, model_card, model_dir_config, read_config_json, write_model_dir
 from ..config import ConfigError, NamiConfig
 from ..parts import Parts, build_parts, trained_parts
-from .pipeline import Pipeline, SampleResult
+from .pipeline import Pipeline, SampleResult, lora_base
 
 KEY = "from_pretrained"
 
@@ -151,9 +153,14 @@ class NamiPipeline(
         if looks_local:
             if not path.is_dir():
                 raise ConfigError(KEY, f"not found: {path} (a model directory written by `nami export`)")
-            read_config_json(path, KEY)  # one clear line before the mixin reads it
+            read_config_json(path, KEY)  # one clear line for a directory that is not a model directory
             where = str(path)
-        return super().from_pretrained(where, **kwargs)
+        # Not the mixin's from_pretrained: it passes config.json's keys that share a name with __init__'s
+        # parameters ("training", "parts") to the constructor, so a crafted config.json could break loading.
+        hub = {name: kwargs.pop(name, default) for name, default in
+               (("revision", None), ("cache_dir", None), ("force_download", False), ("local_files_only", False),
+                ("token", None))}  # fmt: skip
+        return cls._from_pretrained(model_id=where, **hub, **kwargs)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
@@ -166,9 +173,17 @@ class NamiPipeline(
             directory = Path(snapshot_download(
                 repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
                 local_files_only=local_files_only, token=token,
-                allow_patterns=[layout.MODEL_CONFIG, layout.MODEL_WEIGHTS, layout.BRIDGES, layout.MODEL_CARD],
+                allow_patterns=[layout.MODEL_CONFIG, layout.MODEL_WEIGHTS, layout.BRIDGES, layout.MODEL_CARD,
+                                layout.ADAPTER_WEIGHTS, layout.ADAPTER_CONFIG],
             ))  # fmt: skip
         cfg = model_dir_config(directory, None, overrides, KEY)
+        if is_lora_dir(directory):  # a LoRA run's model directory: its base, then its adapter
+            base = lora_base(cfg, read_adapter(directory, KEY))
+            pipe = cls._from_pretrained(model_id=str(base), revision=None, cache_dir=None, force_download=False,
+                                        local_files_only=True, token=None, overrides=overrides)  # fmt: skip
+            pipe.load_lora(directory)
+            pipe.config, pipe.training = cfg, read_config_json(directory, KEY).get("_training") or {}
+            return pipe.to(device) if device is not None else pipe
         parts, _ = trained_parts(cfg, directory)
         pipe = cls(cfg, parts, read_config_json(directory, KEY).get("_training"))
         return pipe.to(device) if device is not None else pipe

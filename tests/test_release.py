@@ -185,3 +185,41 @@ def test_the_pieces_are_where_the_preset_and_the_converter_look(tmp_path, monkey
     assert _tokenizer_path(tower, "k") == tmp_path / "w" / folders["mCLIP tokenizer"]
     assert OFFICIAL_TRANSFORMER == Path(folders["transformer"]) / OFFICIAL_TRANSFORMER.name
     assert folders["bridge"] == "" and release.pieces()[1].required == ((OFFICIAL_BRIDGE,),)
+
+
+def test_download_convert_sample_the_three_commands(hub, tmp_path, capsys, monkeypatch):
+    """The README's three commands on the tiny release: download, convert, sample with no YAML (the model
+    directory records the preset's paths under $NAMI_WEIGHTS)."""
+    weights, kit, samples = tmp_path / "weights", tmp_path / "nami2b", tmp_path / "samples"
+    monkeypatch.setenv("NAMI_WEIGHTS", str(weights))
+    assert cli(capsys, "release", "download", "--out", weights)[0] == 0
+    code, _, err = cli(capsys, "convert", "official", OFFICIAL, *TINY_OFFICIAL, "--transformer",
+                       weights / "transformer", "--bridge", weights / "bridge_flow.bin", "--out", kit)  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli(capsys, "sample", "--ckpt", kit, "--prompt", "a red circle", "--steps", "1,1,1",
+                         "--out", samples)  # fmt: skip
+    assert code == 0, err
+    assert len(list(samples.rglob("000-*.png"))) == 1
+
+
+def test_the_preset_on_a_folder_without_the_release_is_one_line(hub, tmp_path, capsys, monkeypatch):
+    """`nami sample` with nami_2b_official.yaml where $NAMI_WEIGHTS holds nothing: one line naming the config
+    key and the path (before: transformers' "couldn't connect to huggingface.co" for weights/mt5, a valid
+    repository id), then the same for the VAE and the CLIP tokenizer once the pieces before them are there."""
+    weights, kit = tmp_path / "weights", tmp_path / "nami2b"
+    assert cli(capsys, "release", "download", "--out", weights)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAMI_WEIGHTS", "weights")  # relative, as the preset's default is
+    assert cli(capsys, "convert", "official", OFFICIAL, *TINY_OFFICIAL, "--transformer", "weights/transformer",
+               "--bridge", "weights/bridge_flow.bin", "--out", kit)[0] == 0  # fmt: skip
+    sample = ["sample", OFFICIAL, *TINY_OFFICIAL, "--ckpt", kit, "--prompt", "x", "--steps", "1,1,1"]
+    for piece, key, message in [("mt5", "text_encoder.path", "weights/mt5 does not exist"),
+                                ("mclip/tokenizer", "text_encoder.pooled_path",
+                                 "no tokenizer in weights/mclip/clip_text_encoder nor in weights/mclip/tokenizer"),
+                                ("vae", "autoencoder.path", "weights/vae does not exist")]:  # fmt: skip
+        shutil.move(weights / piece, tmp_path / "aside")
+        code, _, err = cli(capsys, *sample)
+        line = one_error_line(err)
+        assert code == 2 and line.startswith(f"nami: error: {key}: ") and message in line, line
+        shutil.move(tmp_path / "aside", weights / piece)
+    assert cli(capsys, *sample, "--out", tmp_path / "samples")[0] == 0  # all back: it samples

@@ -223,3 +223,22 @@ def test_the_preset_on_a_folder_without_the_release_is_one_line(hub, tmp_path, c
         assert code == 2 and line.startswith(f"nami: error: {key}: ") and message in line, line
         shutil.move(tmp_path / "aside", weights / piece)
     assert cli(capsys, *sample, "--out", tmp_path / "samples")[0] == 0  # all back: it samples
+
+
+def test_the_readme_names_every_piece_its_source_and_the_commands():
+    from .helpers import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The released NAMI-2B") :]
+    section = section[: section.index("\n## ", 3)]
+    for piece in release.pieces():
+        assert f"https://huggingface.co/{piece.repo}" in section, piece.repo
+        if piece.repo_folder:
+            assert f"`{piece.repo_folder}/`" in section, piece.repo_folder
+        for folder in Path(piece.folder).parts:
+            assert f"{folder}/" in section, folder
+        assert piece.required[0][0] in section
+    for command in ("nami release download", "nami convert official --transformer", "nami sample --ckpt",
+                    "nami release check", "nami data encode experiments/nami_2b_official.yaml",
+                    "trainer.init_from=", "finetune.lora.rank=16", "--lora "):  # fmt: skip
+        assert command in section, command

@@ -24,7 +24,8 @@ def _decoded(autoencoder) -> torch.Tensor:
 def _pipeline_folder(root, vae):
     """A diffusers pipeline laid out as on the hub: model_index.json at the root, the VAE in vae/."""
     vae.save_pretrained(root / "vae")
-    (root / "model_index.json").write_text('{"_class_name": "FluxPipeline", "vae": ["diffusers", "AutoencoderKL"]}')
+    (root / "model_index.json").write_text('{"_class_name": "FluxPipeline", "vae": ["diffusers", '
+                                           '"AutoencoderKL"]}')  # fmt: skip
     return root
 
 
@@ -76,9 +77,11 @@ def test_a_folder_without_a_vae_names_both_places_it_looked(tmp_path):
     assert f"no config.json in {tmp_path / 'empty'} nor in {tmp_path / 'empty' / 'vae'}" in str(err.value)
 
 
-@pytest.mark.parametrize("path, local", [("weights/mt5", True), ("weights/mclip/clip_text_encoder", True),
-                                         ("./mt5", True), ("/abs/mt5", True), ("~/mt5", True),
-                                         ("google/mt5-xxl", False), ("black-forest-labs/FLUX.1-dev", False)])  # fmt: skip
+LOCAL = ["weights/mt5", "weights/mclip/clip_text_encoder", "./mt5", "/abs/mt5", "~/mt5"]
+HUB = ["google/mt5-xxl", "black-forest-labs/FLUX.1-dev"]
+
+
+@pytest.mark.parametrize("path, local", [(p, True) for p in LOCAL] + [(p, False) for p in HUB])
 def test_which_paths_are_meant_as_local_folders(path, local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights").mkdir()  # `weights/mt5` is a valid repository id: the folder beside it decides
@@ -92,7 +95,9 @@ def test_the_official_preset_with_nami_weights_absent_names_the_key_and_the_path
     cfg = load(EXPERIMENTS / "nami_2b_official.yaml")
     with pytest.raises(ConfigError) as err:
         build_text_encoder(cfg.text_encoder)
-    assert err.value.key == "text_encoder.path" and f"{tmp_path / 'nowhere' / 'mt5'} does not exist" in str(err.value)
+    assert err.value.key == "text_encoder.path"
+    assert f"{tmp_path / 'nowhere' / 'mt5'} does not exist" in str(err.value)
     with pytest.raises(ConfigError) as err:
         build_autoencoder(cfg.autoencoder)
-    assert err.value.key == "autoencoder.path" and f"{tmp_path / 'nowhere' / 'vae'} does not exist" in str(err.value)
+    assert err.value.key == "autoencoder.path"
+    assert f"{tmp_path / 'nowhere' / 'vae'} does not exist" in str(err.value)

@@ -88,6 +88,14 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _still_needed(root: Path, piece: Piece) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The required groups none of whose files is there yet, and the optional files not there yet (a piece
+    that lacks only its tokenizer does not fetch its 50 GB of weights again)."""
+    where = root / piece.folder
+    groups = [group for group in piece.required if not any(_present(where / name) for name in group)]
+    return groups, [name for name in piece.optional if not _present(where / name)]
+
+
 # ---- check -------------------------------------------------------------------------------------------------
 @dataclass
 class PieceStatus:
@@ -131,10 +139,9 @@ def _find(root: Path, suffix: str, skip: set[Path], depth: int = 4) -> Path | No
 
 def check_piece(root: Path, piece: Piece) -> PieceStatus:
     status = PieceStatus(piece, root / piece.folder)
-    for group in piece.required:
-        if not any(_present(status.where / name) for name in group):
-            others = f" (or {', '.join(group[1:])})" if len(group) > 1 else ""
-            status.missing.append(f"{status.where / group[0]}{others}")
+    for group in _still_needed(root, piece)[0]:
+        others = f" (or {', '.join(group[1:])})" if len(group) > 1 else ""
+        status.missing.append(f"{status.where / group[0]}{others}")
     if status.missing and piece.signature and root.is_dir():
         expected = {status.where / Path(piece.signature).name}
         status.found_elsewhere = _find(root, piece.signature, expected)
@@ -182,33 +189,25 @@ def _local_path(root: Path, piece: Piece, repo_file: str) -> Path:
     return root / piece.folder / inside
 
 
-def _still_needed(root: Path, piece: Piece) -> tuple[list[tuple[str, ...]], list[str]]:
-    """The required groups none of whose files is there yet, and the optional files not there yet (a piece
-    that lacks only its tokenizer does not fetch its 50 GB of weights again)."""
-    where = root / piece.folder
-    groups = [group for group in piece.required if not any(_present(where / name) for name in group)]
-    return groups, [name for name in piece.optional if not _present(where / name)]
-
-
 def _hub_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import HTTPError  # the HTTP client's errors that are not OSErrors (proxy, TLS)
 
     return (OSError, HTTPError)
 
 
-def plan_repo(repo: str, pieces: list[Piece], root: Path, staging: Path) -> tuple[dict[Piece, list[str]], int]:
+def plan_repo(repo: str, todo: list[Piece], root: Path, staging: Path) -> tuple[dict[Piece, list[str]], int]:
     """Ask the hub what `repo` holds of what the pieces still need (snapshot_download's dry run): the repository
     paths to fetch per piece (of each missing required group, the first file the repository has; the optional
     files it has) and the bytes still to download. Unreachable, or a required file absent, is one line."""
     from huggingface_hub import snapshot_download
 
-    needs = {piece: _still_needed(root, piece) for piece in pieces}
+    needs = {piece: _still_needed(root, piece) for piece in todo}
     wanted = sorted({_repo_path(piece, name) for piece, (groups, optional) in needs.items()
                      for name in (*(n for group in groups for n in group), *optional)})  # fmt: skip
     try:
         listing = snapshot_download(repo, allow_patterns=wanted, local_dir=staging, dry_run=True)
     except _hub_errors() as err:
-        names = ", ".join(p.name for p in pieces)
+        names = ", ".join(p.name for p in todo)
         raise ConfigError(f"https://huggingface.co/{repo}", f"cannot reach it to fetch {names} "
                                                             f"({_innermost(err)})") from None  # fmt: skip
     listed = {info.filename for info in listing}

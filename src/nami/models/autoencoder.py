@@ -6,12 +6,15 @@ about unit variance with the VAE's own scaling and shift factors.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from ..config import AutoencoderConfig, ConfigError
 from ..config.validation import check_built
 from ..registry import AUTOENCODERS
+from .model_paths import local_folder
 
 
 class Autoencoder(nn.Module):
@@ -45,15 +48,7 @@ class DiffusersKLAutoencoder(Autoencoder):
     """A frozen diffusers AutoencoderKL; latents = (mean - shift) * scale, as FLUX and SD3 do."""
 
     def __init__(self, path: str, scaling_factor: float | None = None, shift_factor: float | None = None):
-        try:
-            from diffusers import AutoencoderKL
-        except ImportError:
-            raise ConfigError("autoencoder.kind", "diffusers_kl needs diffusers: pip install -e '.[gpu]'") from None
-        try:
-            vae = AutoencoderKL.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise ConfigError("autoencoder.path", f"cannot load AutoencoderKL from {path} "
-                                                  f"({str(err).splitlines()[0]})") from None
+        vae = load_autoencoder_kl(path)
         config = vae.config
         super().__init__(config.latent_channels, 2 ** (len(config.block_out_channels) - 1))
         self.vae = vae.requires_grad_(False).eval()
@@ -73,6 +68,43 @@ class DiffusersKLAutoencoder(Autoencoder):
     def decode(self, latents):
         z = latents / self.scaling_factor + self.shift_factor
         return self.vae.decode(z.to(self.vae.dtype)).sample.float()
+
+
+VAE_SUBFOLDER = "vae"  # where a diffusers pipeline repository (FLUX.1, SD3) keeps its VAE
+
+
+def vae_subfolders(path: str) -> tuple[str | None, ...]:
+    """Where to look for the VAE's config.json under `path`, in order: a local folder holds it at its root or in
+    vae/ (one line naming both when neither); a hub repository is tried at its root, then in vae/ (each
+    attempt goes through the library, which reads its cache when offline)."""
+    folder = local_folder(path, "autoencoder.path")
+    if folder is None:
+        return (None, VAE_SUBFOLDER)
+    for subfolder in (None, VAE_SUBFOLDER):
+        if (folder / (subfolder or "") / "config.json").is_file():
+            return (subfolder,)
+    raise ConfigError("autoencoder.path", f"no config.json in {folder} nor in {folder / VAE_SUBFOLDER}: not a "
+                                          f"diffusers AutoencoderKL folder")  # fmt: skip
+
+
+def load_autoencoder_kl(path: str):
+    """diffusers' AutoencoderKL at `path`'s root or its vae/ subfolder (`vae_subfolders`); a failure is one line
+    with the library's first line from the last place tried."""
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise ConfigError("autoencoder.kind", "diffusers_kl needs diffusers: pip install -e '.[gpu]'") from None
+    attempts, error = vae_subfolders(path), None
+    for subfolder in attempts:
+        try:
+            with warnings.catch_warnings():  # diffusers passes hf_hub_download an argument it deprecated
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+                return AutoencoderKL.from_pretrained(path, subfolder=subfolder)
+        except (OSError, ValueError) as err:
+            error = err
+    where = f"{path} (its root or {VAE_SUBFOLDER}/)" if len(attempts) > 1 else path
+    raise ConfigError("autoencoder.path", f"cannot load AutoencoderKL from {where} "
+                                          f"({str(error).splitlines()[0]})") from None
 
 
 @AUTOENCODERS.register("pixel")

@@ -18,6 +18,7 @@ from torch import nn
 from ..config import ConfigError, TextEncoderConfig
 from ..config.validation import check_built
 from ..registry import TEXT_ENCODERS
+from .model_paths import local_folder
 from ..text_embedding import TextEmbedding
 
 
@@ -159,12 +160,14 @@ def _load_hf(path: str, dtype: str, pooler: bool = True, key: str = "text_encode
     tokenizer/)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
 
+    folder = local_folder(path, key)
     try:
         config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(path))
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(folder, key) if folder else path)
     except (OSError, ValueError) as err:
-        raise ConfigError(key, f"cannot load a Hugging Face encoder from {path} "
-                               f"({str(err).splitlines()[0]})") from None
+        where = "the folder" if folder else "no local folder of that name, and the Hugging Face repository"
+        raise ConfigError(key, f"cannot load a Hugging Face encoder from {path} ({where}: "
+                               f"{str(err).splitlines()[0]})") from None
     torch_dtype = getattr(torch, dtype)
     if config.model_type in ("t5", "mt5", "umt5"):
         model = T5EncoderModel.from_pretrained(path, dtype=torch_dtype)
@@ -177,17 +180,20 @@ def _load_hf(path: str, dtype: str, pooler: bool = True, key: str = "text_encode
     return model, tokenizer
 
 
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")  # fmt: skip
 
 
-def _tokenizer_path(path: str) -> str | Path:
-    """`path`, or its sibling tokenizer/ folder when `path` is a local model folder without tokenizer files
-    (AutoTokenizer would otherwise build an empty-vocabulary tokenizer from the model config)."""
-    folder = Path(path)
-    if not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
-        return path
+def _tokenizer_path(folder: Path, key: str) -> Path:
+    """A local model folder, or its sibling tokenizer/ folder when it holds no tokenizer files (HunyuanDiT's and
+    the NAMI-2B release's layout: clip_text_encoder/ beside tokenizer/). Neither is one line naming both paths:
+    AutoTokenizer would otherwise build an empty-vocabulary tokenizer from the model config."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return folder
     sibling = folder.parent / "tokenizer"
-    return sibling if sibling.is_dir() else path
+    if sibling.is_dir() and any((sibling / name).is_file() for name in TOKENIZER_FILES):
+        return sibling
+    raise ConfigError(key, f"no tokenizer in {folder} nor in {sibling} (looked for {', '.join(TOKENIZER_FILES)})")
 
 
 @TEXT_ENCODERS.register("learned")

@@ -1,8 +1,8 @@
 """The `nami` command: parse, load the config, call library code. Errors in config or input are one line
 on stderr and exit code 2, before any compute.
 
-One module per command group (training.py, inference.py, export.py, data.py, bench.py, convert.py, release.py); each
-offers `add_commands(sub)`.
+One module per command group (training.py, inference.py, export.py, data.py, bench.py, plan.py, convert.py,
+release.py); each offers `add_commands(sub)`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import argparse
 import sys
 
 from ..errors import ConfigError, RunStopped
-from . import ablate, bench, convert, data, export, inference, release, training
+from . import ablate, bench, convert, data, export, inference, plan, release, training
 
-COMMAND_GROUPS = (training, inference, export, data, bench, convert, release, ablate)
+COMMAND_GROUPS = (training, inference, export, data, bench, plan, convert, release, ablate)
 # commands that run the networks: they flush denormal floats on the CPU (lit/precision.py says why)
 COMPUTE_COMMANDS = {"train", "pretrain-bridge", "sample", "eval", "bench", "ablate"}
 

@@ -586,6 +586,6 @@ def format_plan(r: dict) -> str:
     lines.append(row("total", b["total"]))
     fits = ", ".join(f"{c['class_gb']} GB {'yes' if c['fits'] else 'no'}" for c in r["cards"])
     lines.append(f"fits ({r['margin']}): {fits}")
-    lines.append(f"step: {s['flops'] / 1e12:,.1f} TFLOP per GPU (3 x forward); at {100 * s['mfu']:.0f}% MFU of the "
+    lines.append(f"step: {s['flops'] / 1e12:,.4g} TFLOP per GPU (3 x forward); at {100 * s['mfu']:.0f}% MFU of the "
                  f"{s['card']}'s {s['peak_tflops']:g} TFLOP/s bf16 peak: {s['seconds']:.3g} s per optimizer step")  # fmt: skip
     return "\n".join(lines)

@@ -52,6 +52,7 @@ import torch
 
 from ..config import ConfigError, NamiConfig
 from ..models import build_model, forward_cost, image_tokens
+from ..models.autoencoder import VAE_SUBFOLDER
 from ..models.selection import trainable_names
 from .throughput import BF16_PEAK_TFLOPS, peak_tflops
 
@@ -363,7 +364,8 @@ ENCODER_PRESETS = {
     # which the NAMI-2B release ships as mclip/clip_text_encoder
     "mclip": ("bert", dict(vocab_size=47020, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                            num_attention_heads=16, max_position_embeddings=512, type_vocab_size=2)),  # fmt: skip
-    # black-forest-labs/FLUX.1-dev vae/config.json (diffusers AutoencoderKL; the release's vae/ is this VAE)
+    # black-forest-labs/FLUX.1-dev vae/config.json (diffusers AutoencoderKL, 16 channels, 8x: the shape
+    # nami_2b_official.yaml reads from the release's vae/ too)
     "flux-vae": ("vae", dict(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
                              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
                              up_block_types=["UpDecoderBlock2D"] * 4, use_quant_conv=False,
@@ -396,22 +398,19 @@ def _meta_numel(config, vae: bool = False, pooler: bool = True) -> int:
 
 
 def _local_config(path: str, vae: bool) -> Path | None:
-    """The folder holding `path`'s config.json on this machine: the path itself (its vae/ first for a VAE), or
-    the hub cache's copy for a hub id; None when neither."""
-    subs = ["vae", ""] if vae else [""]
-    for sub in subs:
-        if (Path(path) / sub / "config.json").is_file():
-            return Path(path) / sub
-    if Path(path).exists():
-        return None
+    """The folder holding `path`'s config.json on this machine, looked for where the loaders look (a VAE at the
+    root, then in vae/): a local folder (`model_paths.meant_local`), or the hub cache's copy of a repository;
+    None when there is none (nothing is downloaded)."""
     from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
 
+    from ..models.model_paths import meant_local
+
+    subs = ["", VAE_SUBFOLDER] if vae else [""]
+    if meant_local(path):
+        folder = Path(path).expanduser()
+        return next((folder / sub for sub in subs if (folder / sub / "config.json").is_file()), None)
     for sub in subs:
-        try:
-            cached = try_to_load_from_cache(path, f"{sub}/config.json".lstrip("/"))
-        except HFValidationError:  # not a hub id either (a missing local folder)
-            return None
+        cached = try_to_load_from_cache(path, f"{sub}/config.json".lstrip("/"))
         if isinstance(cached, str):
             return Path(cached).parent
     return None

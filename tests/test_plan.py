@@ -237,3 +237,24 @@ def test_2b_plans_full_fsdp_on_8_gpus_and_lora_on_one():
     assert m["lora_modules"] == 8 * 8 + 14 * 2 and m["trained"] == m["lora"] < 0.01 * m["total"]
     assert lora["bytes"]["parameters"] == pytest.approx(2 * m["total"] + 4 * m["lora"], rel=1e-3)  # bf16 base
     assert lora["bytes"]["total"] < single["total"] / 2 and lora["cards"][1]["fits"]
+
+
+def test_encoders_are_sized_from_their_local_config(tmp_path):
+    """A local model folder is read, not loaded: the sizes are those of the models the loaders build (MiniLM
+    from its package; a VAE kept in a pipeline folder's vae/)."""
+    from diffusers import AutoencoderKL
+
+    from nami.models import build_text_encoder
+
+    cfg = load(EXPERIMENTS / "tiny.yaml")  # the frozen MiniLM the package ships
+    (encoder,) = P.encoder_sizes(cfg)
+    assert encoder["params"] == sum(p.numel() for p in build_text_encoder(cfg.text_encoder).parameters())
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4)  # fmt: skip
+    vae.save_config(tmp_path / "pipeline" / "vae")
+    cfg = load(EXPERIMENTS / "tiny.yaml", ["autoencoder.kind=diffusers_kl", f"autoencoder.path={tmp_path / 'pipeline'}",
+                                           "autoencoder.channels=4", "autoencoder.downsample=2", "data.precomputed=false"])  # fmt: skip
+    sizes = {e["name"]: e for e in P.encoder_sizes(cfg)}
+    assert sizes["autoencoder"]["params"] == sum(p.numel() for p in vae.parameters())
+    assert sizes["autoencoder"]["bytes"] == 4 * sizes["autoencoder"]["params"]
+    assert P.encoder_sizes(load(EXPERIMENTS / "tiny.yaml", ["data.precomputed=true"])) == []

@@ -43,7 +43,8 @@ def cover_crop(image: Image.Image, bucket: Bucket) -> Image.Image:
 
 def scenes(bucket: Bucket, resolution: int, start: int, count: int, seed: int) -> torch.Tensor:
     """(count, 3, height, width) in [-1, 1]: scenes start.. drawn at the bucket's aspect ratio."""
-    images = [cover_crop(render(make_spec(i, seed, resolution, bucket.aspect)), bucket) for i in range(start, start + count)]
+    specs = [make_spec(i, seed, resolution, bucket.aspect) for i in range(start, start + count)]
+    images = [cover_crop(render(spec), bucket) for spec in specs]
     return torch.stack([pil_to_tensor(im).float() / 127.5 - 1 for im in images])
 
 

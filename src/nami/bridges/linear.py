@@ -78,8 +78,8 @@ class ScalarBiasBridge(BridgeFlow):
     and B_k is their mean weighted by samples.
 
     Why this rule (scripts/bridge_bucket_rules.py, held-out MSE on GenEval-Shapes at the five auto buckets of the
-    tiny config at 64 px, 384 fit / 192 held-out scenes per bucket; README "Aspect-ratio buckets"): every rule is
-    within 1.5% of the others (Up alone is 13-35% worse). Resizing a square-only fit (the released bridge) costs
+    tiny config at 64 px, 384 fit / 192 held-out scenes per bucket; README "Aspect-ratio buckets"): the fitted rules are
+    within 2.5% of each other (Up alone is 16-32% worse). Resizing a square-only fit (the released bridge) costs
     3-4% at 1:4 on transition 2; fitting the one map on every bucket removes it (0.0979 overall against 0.0990)
     and comes within 0.7% of one map per bucket (0.0972), which would need a map per bucket in the file and a
     refit for every table. The position-free conv1x1 is as good or better on this data (0.0967).

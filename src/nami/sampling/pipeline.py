@@ -293,7 +293,8 @@ class Pipeline:
     def sample(self, prompts: list[str], steps: list[int] | None = None, guidance: float | None = None,
                seed: int | list[int] = 0, mode: str | None = None, keep_stages: bool = False,
                latents: torch.Tensor | None = None, batch_size: int | None = None,
-               progress: bool = False, height: int | None = None, width: int | None = None) -> SampleResult:  # fmt: skip
+               progress: bool = False, height: int | None = None,
+               width: int | None = None) -> SampleResult:  # fmt: skip
         """One image per prompt (seed i = seed + i, or the given list), height x width pixels (default the square
         resolution; any size on the stage grid); `batch_size` splits the prompts into batches (an image depends
         on its seed only, not on its batch), `progress` shows a bar over them."""

@@ -24,7 +24,9 @@ def register(kind: str) -> Callable[[type["BridgeFlow"]], type["BridgeFlow"]]:
 class BridgeFlow(nn.Module):
     """All K-1 transitions of one kind: forward(u, k) maps u = Up(end of stage k-1) to the start of stage k.
 
-    Transition k (1 <= k < K) works at stage k's latent side `stage_sizes[k]` with `channels` channels.
+    Transition k (1 <= k < K) works at stage k's latent side `stage_sizes[k]` (or (height, width)) with `channels`
+    channels; kinds that hold a map (scalar_bias) keep it at that size and resize it for others (aspect-ratio
+    buckets), the other kinds take any size.
     """
 
     kind = "base"  # set by `register`
@@ -33,7 +35,7 @@ class BridgeFlow(nn.Module):
     learnable = True  # has parameters to fit (identity and renoise do not)
     closed_form = False  # has a one-pass least-squares fit (see moments.py)
 
-    def __init__(self, schedule: PyramidSchedule, channels: int, stage_sizes: list[int], params: Any = None):
+    def __init__(self, schedule: PyramidSchedule, channels: int, stage_sizes: list, params: Any = None):
         super().__init__()
         if len(stage_sizes) != schedule.num_stages:
             raise ValueError(f"need {schedule.num_stages} stage sizes, got {stage_sizes}")

@@ -20,9 +20,16 @@ Pair = tuple[torch.Tensor, torch.Tensor, int]
 
 
 def all_reduce_moments(moments: Moments) -> Moments:
-    """Sum moments over ranks in place (one flat all-reduce); a no-op without a process group."""
+    """Sum moments over ranks in place (one flat all-reduce); a no-op without a process group. A key some rank
+    lacks (a size only other ranks saw: scalar_bias keeps sums per image size) is added to it as zeros first."""
     if not (dist.is_available() and dist.is_initialized()):
         return moments
+    shapes: list[dict[str, tuple[int, ...]] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shapes, {key: tuple(value.shape) for key, value in moments.items()})
+    for rank_shapes in shapes:
+        for key, shape in rank_shapes.items():
+            if key not in moments:
+                moments[key] = torch.zeros(shape, dtype=torch.float64)
     keys = sorted(moments)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     flat = torch.cat([moments[key].reshape(-1) for key in keys]).to(device)

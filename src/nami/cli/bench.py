@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import load
+from ..config.buckets import check_image_size, grid_step
+from ..config.validation import MAX_SIDE
 from .common import add_config_args, positive_int, print_report
 
 
@@ -26,8 +28,11 @@ def cmd_bench_sampling(args: argparse.Namespace) -> int:
     from ..sampling import Pipeline
 
     cfg = load(args.config, args.overrides)
+    check_image_size(args.height or cfg.resolution, args.width or cfg.resolution, grid_step(cfg), MAX_SIDE,
+                     ("--height", "--width"))  # fmt: skip
     pipeline = Pipeline.from_weights(cfg, args.ckpt) if args.ckpt else None
-    report = bench_sampling(cfg, pipeline, batch=args.batch or cfg.eval.batch_size, repeats=args.repeats)
+    report = bench_sampling(cfg, pipeline, batch=args.batch or cfg.eval.batch_size, repeats=args.repeats,
+                            height=args.height, width=args.width)  # fmt: skip
     return print_report(args, report, format_sampling)
 
 
@@ -55,6 +60,9 @@ def add_commands(sub):
     sampling.add_argument("--batch", type=positive_int, default=None,
                           help="images per sampling call (default: eval.batch_size, the batch `nami eval` samples with)")
     sampling.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median)")
+    sampling.add_argument("--height", type=positive_int, help="image height in pixels (default: resolution), e.g. "
+                                                              "a non-square data.buckets size")  # fmt: skip
+    sampling.add_argument("--width", type=positive_int, help="image width in pixels (default: resolution)")
     sampling.set_defaults(func=cmd_bench_sampling)
     training = group.add_parser("training", help=cmd_bench_training.__doc__.splitlines()[0])
     add_config_args(training)

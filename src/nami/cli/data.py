@@ -12,9 +12,10 @@ from .common import add_config_args, positive_int, print_report
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     """Write GenEval-Shapes shards (img2dataset layout) for the tiny demo and the evaluator."""
-    from data_modules.synth import write_shapes
+    from data_modules.synth import parse_aspect_ratios, write_shapes
 
-    report = write_shapes(args.out, args.num, args.shards, args.resolution, args.seed, args.image_format)
+    ratios = parse_aspect_ratios(args.aspect_ratios) if args.aspect_ratios else None
+    report = write_shapes(args.out, args.num, args.shards, args.resolution, args.seed, args.image_format, ratios)
     if args.json:
         print(json.dumps(report))
     else:
@@ -73,6 +74,9 @@ def add_commands(sub):
     synth.add_argument("--resolution", type=positive_int, default=32, help="image side (default 32)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-format", choices=("png", "jpg"), default="png")
+    synth.add_argument("--aspect-ratios", metavar="W:H,...",
+                       help="render at these aspect ratios, width:height, cycled over the samples (e.g. "
+                            "1:2,1:1,2:1; each image about resolution^2 pixels; default square)")  # fmt: skip
     synth.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     synth.set_defaults(func=cmd_data_synth)
     check = group.add_parser("check", help=cmd_data_check.__doc__.splitlines()[0])

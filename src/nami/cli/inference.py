@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..artifacts.layout import SAMPLES
 from ..config import ConfigError, NamiConfig
-from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED
+from ..config.buckets import check_image_size, grid_step
+from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED, MAX_SIDE
 from .common import positive_int
 
 
@@ -60,11 +61,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.guidance is not None:
         overrides.append(f"sampler.guidance={args.guidance}")
     cfg = config_for_checkpoint(args, overrides)
+    height, width = args.height or cfg.resolution, args.width or cfg.resolution
+    check_image_size(height, width, grid_step(cfg), MAX_SIDE, ("--height", "--width"))  # before anything is written
     # the output directory first: a bad --out costs nothing
     out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / SAMPLES)
     pipeline = pipeline_with_adapters(cfg, args)
     result = pipeline.sample(args.prompt, seed=args.seed, keep_stages=args.stages, batch_size=args.batch_size,
-                             progress=True)  # fmt: skip
+                             progress=True, height=height, width=width)  # fmt: skip
     for path in write_samples(result, args.prompt, out, stages=args.stages):
         print(path)
     return 0
@@ -111,6 +114,9 @@ def add_commands(sub) -> None:
     sample.add_argument("--stages", action="store_true",
                         help="also write each stage's start, end and predicted clean image")
     sample.add_argument("--batch-size", type=positive_int, default=16)
+    sample.add_argument("--height", type=positive_int, help="image height in pixels (default: resolution); a "
+                                                            "multiple of the stage grid, e.g. a data.buckets size")
+    sample.add_argument("--width", type=positive_int, help="image width in pixels (default: resolution)")
     sample.set_defaults(func=cmd_sample)
     evaluate = sub.add_parser("eval", help=cmd_eval.__doc__.splitlines()[0])
     _config_args(evaluate)

@@ -157,6 +157,10 @@ class DataConfig:
     precomputed: bool = False  # shards written by `nami data encode`: stored latents and text states
     max_pixels: int = 64_000_000  # skip images with more pixels (decompression bombs), before decoding
     shuffle_buffer: int = 1000  # 0: no shuffle; n: shard order per epoch + seeded shuffle of n-record blocks
+    # Aspect-ratio buckets (nami.config.buckets): square (resolution x resolution only), auto (about resolution^2
+    # pixels, 1:4 to 4:1, every stage grid whole) or a list of [height, width] in pixels. Typed Any: a string or
+    # a list.
+    buckets: Any = "square"
 
 
 @dataclass

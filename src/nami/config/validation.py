@@ -6,6 +6,7 @@ import math
 
 from .. import registry
 from ..errors import ConfigError
+from .buckets import check_buckets, grid_step
 from .schema import DataConfig, NamiConfig
 
 # Choices that belong to the config itself; component names come from `nami.registry`.
@@ -160,7 +161,7 @@ def validate(cfg: NamiConfig) -> None:
     _check_registered(registry.AUTOENCODERS, ae.kind)
     if ae.downsample < 1:
         raise ConfigError("autoencoder.downsample", f"must be >= 1, got {ae.downsample}")
-    step = ae.downsample * m.patch_size * 2 ** (k - 1)
+    step = grid_step(cfg)
     if cfg.resolution <= 0 or cfg.resolution % step:
         raise ConfigError(
             "resolution",
@@ -199,6 +200,7 @@ def validate(cfg: NamiConfig) -> None:
     _check_choice("sampler.precision", s.precision, SAMPLER_PRECISIONS)
 
     _check_data(cfg.data)
+    check_buckets(cfg, MAX_SIDE)
     _check_choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
     _check_choice("trainer.run_dir_exists", cfg.trainer.run_dir_exists, RUN_DIR_POLICIES)
     _check_choice("eval.prompt_set", cfg.eval.prompt_set, PROMPT_SETS)

@@ -7,8 +7,9 @@ ALPHA_MIN and the residual <= RESIDUAL_MAX. Pale edge pixels are not solid but k
 shape fit; muddy pixels (greys, dark tones, a mix of two palette colours) lie far from every segment and
 belong to no object.
 
-Objects are the 8-connected solid components of one colour covering at least MIN_AREA of the image. Each takes
-the coverage of the pixels within RING of it that lie nearer to it than to any other component.
+Objects are the 8-connected solid components of one colour covering at least MIN_AREA of the shorter side
+squared. Each takes the coverage of the pixels within RING of it that lie nearer to it than to any other
+component. Boxes are in fractions of the shorter side, as the specs' are, at any aspect ratio.
 
 Shape. Moments place an ideal circle, square and apex-up triangle (each possibly blurred, as generated images
 are soft): the centroid fixes the position, the variances the size (square side sqrt(12) sd, circle diameter
@@ -31,7 +32,8 @@ from .shapes import BACKGROUND, COLORS, PALETTE, SHAPES
 
 ALPHA_MIN = 0.5  # an object pixel is at least half covered by its colour
 RESIDUAL_MAX = 60.0  # RGB distance to the nearest white->colour segment (>= 68 apart above alpha 0.5)
-MIN_AREA = 0.01  # of the image area; the smallest drawn object (a triangle of side 0.25) covers 0.031
+MIN_AREA = 0.01  # of the shorter side squared (the image area when square); the smallest drawn object (a triangle
+# of side 0.25 of the shorter side) covers 0.031 of it, at any aspect ratio
 RING = 2  # pixels around a component whose partial coverage still belongs to it
 # Shape: the ideal circle / square / triangle (optionally blurred by BLURS x the object's size, as generated
 # images are soft) placed by the component's centroid and spread, that differs least from its coverage.
@@ -142,7 +144,8 @@ def classify(weights: np.ndarray, origin: tuple[int, int]) -> tuple[str, tuple[f
 
 
 def detect(image: Any) -> list[dict[str, Any]]:
-    """Objects as dicts {shape, color, bbox, area}: bbox in fractions of the side, area of the image."""
+    """Objects as dicts {shape, color, bbox, area}: bbox in fractions of the shorter side (the specs' unit, so
+    relations are judged in true proportions on a non-square image too), area a fraction of the image."""
     rgb = to_rgb_uint8(image)
     height, width = rgb.shape[:2]
     alpha, residual = palette_projection(rgb)
@@ -162,10 +165,10 @@ def detect(image: Any) -> list[dict[str, Any]]:
         ids[labels > 0] = labels[labels > 0] + offset
         components += [(offset + i, c, box) for i, box in enumerate(ndimage.find_objects(labels), start=1)]
     owner = ids[tuple(ndimage.distance_transform_edt(ids == 0, return_indices=True)[1])]
-    side = max(height, width)
+    side = min(height, width)
     found = []
     for k, c, box in components:
-        if (ids[box] == k).sum() < MIN_AREA * height * width:
+        if (ids[box] == k).sum() < MIN_AREA * side * side:
             continue
         # The component grown by RING pixels holds its partly covered (and blurred) edge; the crop leaves two
         # more pixels for the ideal shape it is compared with.

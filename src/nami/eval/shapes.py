@@ -4,7 +4,8 @@ Shared by the shard writer (`data_modules.synth`) and the evaluator. The evaluat
 from here. Every object is one flat palette colour on a plain white background, objects never touch (a gap
 of at least GAP of the side between bounding boxes), and sizes stay recognisable at 32 px.
 
-Spec (the `.json` of a sample; coordinates are fractions of the image side, x to the right, y down):
+Spec (the `.json` of a sample; coordinates are fractions of the image's shorter side, x to the right, y down, so
+a square image spans [0, 1] on both axes and a 2:1 one [0, 2] x [0, 1]):
 
     {"version": 1, "category": "position", "caption": "a photo of a circle left of a square",
      "resolution": 32, "background": [255, 255, 255],
@@ -16,6 +17,10 @@ Spec (the `.json` of a sample; coordinates are fractions of the image side, x to
 
 `include` / `exclude` state what the caption asks, in GenEval's form: `color` null means any colour,
 `position` [relation, j] means "this object is <relation> include[j]", exclude means "fewer than count".
+
+A scene at another aspect ratio (`make_spec(..., aspect=2.0)`, width / height) also holds "width" and "height" in
+pixels (about resolution^2 of them); object sizes stay fractions of the shorter side, and positions spread over
+the whole image. A square spec has neither key, exactly as before.
 """
 
 from __future__ import annotations
@@ -69,14 +74,16 @@ def _apart(a: list[float], b: list[float]) -> bool:
     return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
 
 
-def _layout(rng: random.Random, n: int, size: tuple[float, float], relation: str | None) -> list[list[float]]:
-    """n non-touching square boxes inside the margins (and satisfying `relation` between box 0 and 1)."""
+def _layout(rng: random.Random, n: int, size: tuple[float, float], relation: str | None,
+            extent: tuple[float, float] = (1.0, 1.0)) -> list[list[float]]:  # fmt: skip
+    """n non-touching square boxes inside the margins of an image spanning `extent` (width, height in shorter
+    sides), and satisfying `relation` between box 0 and 1."""
     while True:  # restart a layout that gets stuck; each attempt is cheap and the rng keeps it deterministic
         boxes: list[list[float]] = []
         for _ in range(200):
             side = rng.uniform(*size)
-            x0 = rng.uniform(MARGIN, 1 - MARGIN - side)
-            y0 = rng.uniform(MARGIN, 1 - MARGIN - side)
+            x0 = rng.uniform(MARGIN, extent[0] - MARGIN - side)
+            y0 = rng.uniform(MARGIN, extent[1] - MARGIN - side)
             box = [round(x0, 4), round(y0, 4), round(x0 + side, 4), round(y0 + side, 4)]
             if all(_apart(box, other) for other in boxes):
                 boxes.append(box)
@@ -90,9 +97,27 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def make_spec(index: int, seed: int = 0, resolution: int = 32) -> dict[str, Any]:
-    """The spec of sample `index`: category round-robin, everything else drawn from (seed, index)."""
+def image_size(resolution: int, aspect: float) -> tuple[int, int]:
+    """(width, height) in pixels of an image of about resolution^2 pixels at aspect ratio width / height."""
+    return round(resolution * aspect**0.5), round(resolution / aspect**0.5)
+
+
+def spec_size(spec: dict[str, Any], resolution: int | None = None) -> tuple[int, int]:
+    """(width, height) in pixels a spec renders at; `resolution` rescales it (the square's side)."""
+    side = resolution or spec["resolution"]
+    if "width" not in spec:
+        return side, side
+    scale = side / spec["resolution"]
+    return round(spec["width"] * scale), round(spec["height"] * scale)
+
+
+def make_spec(index: int, seed: int = 0, resolution: int = 32, aspect: float = 1.0) -> dict[str, Any]:
+    """The spec of sample `index`: category round-robin, everything else drawn from (seed, index). `aspect`
+    (width / height) gives a scene of about resolution^2 pixels at that aspect ratio (the caption and objects
+    are drawn as for the square; their positions spread over the wider image)."""
     rng = random.Random(f"geneval-shapes:{seed}:{index}")
+    width, height = image_size(resolution, aspect)
+    extent = (width / min(width, height), height / min(width, height))
     category = CATEGORIES[index % len(CATEGORIES)]
     relation = None
     if category == "counting":
@@ -119,12 +144,15 @@ def make_spec(index: int, seed: int = 0, resolution: int = 32) -> dict[str, Any]
             caption = f"a photo of {_article(words[0])} {words[0]} {relation} {_article(words[1])} {words[1]}"
         else:
             caption = "a photo of " + " and ".join(f"{_article(w)} {w}" for w in words)
-    boxes = _layout(rng, len(shapes), (SIZE_ONE, SIZE_FEW, SIZE_MANY, SIZE_MANY)[len(shapes) - 1], relation)
+    boxes = _layout(rng, len(shapes), (SIZE_ONE, SIZE_FEW, SIZE_MANY, SIZE_MANY)[len(shapes) - 1], relation,
+                    extent)  # fmt: skip
+    size = {} if width == height else {"width": width, "height": height}
     return {
         "version": SPEC_VERSION,
         "category": category,
         "caption": caption,
         "resolution": resolution,
+        **size,
         "background": list(BACKGROUND),
         "objects": [{"shape": s, "color": c, "bbox": b} for s, c, b in zip(shapes, colors, boxes)],
         "relation": {"type": relation, "subject": 0, "object": 1} if relation else None,
@@ -135,8 +163,9 @@ def make_spec(index: int, seed: int = 0, resolution: int = 32) -> dict[str, Any]
 
 def render(spec: dict[str, Any], resolution: int | None = None, supersample: int = 4) -> Image.Image:
     """Draw the spec at `supersample` x the size, then box-filter down: flat interiors, anti-aliased edges."""
-    side = (resolution or spec["resolution"]) * supersample
-    img = Image.new("RGB", (side, side), tuple(spec.get("background", BACKGROUND)))
+    width, height = spec_size(spec, resolution)
+    side = min(width, height) * supersample  # coordinates are fractions of the shorter side
+    img = Image.new("RGB", (width * supersample, height * supersample), tuple(spec.get("background", BACKGROUND)))
     draw = ImageDraw.Draw(img)
     for obj in spec["objects"]:
         x0, y0, x1, y1 = (v * side for v in obj["bbox"])
@@ -149,4 +178,4 @@ def render(spec: dict[str, Any], resolution: int | None = None, supersample: int
             draw.polygon([(x0, y1 - 1), (x1 - 1, y1 - 1), ((x0 + x1 - 1) / 2, y0)], fill=fill)
         else:
             raise ValueError(f"unknown shape {obj['shape']!r}")
-    return img.resize((side // supersample,) * 2, Image.Resampling.BOX) if supersample > 1 else img
+    return img.resize((width, height), Image.Resampling.BOX) if supersample > 1 else img

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import NamiConfig
 from .autoencoder import Autoencoder, DiffusersKLAutoencoder, PixelAutoencoder, build_autoencoder
-from .cost import ForwardCost, cost_summary, forward_cost, image_tokens, predicted_ratio, uniform_cost
+from .cost import ForwardCost, bucket_costs, cost_summary, forward_cost, image_tokens, predicted_ratio, uniform_cost
 from .mmdit import DoubleStreamBlock, NestedMMDiT, SingleStreamBlock
 from .text import HFTextEncoder, LearnedTextEncoder, TextEmbedding, TextEncoder, build_text_encoder
 
@@ -51,6 +51,7 @@ __all__ = [
     "SingleStreamBlock",
     "TextEmbedding",
     "TextEncoder",
+    "bucket_costs",
     "build_autoencoder",
     "build_model",
     "build_text_encoder",

@@ -2,7 +2,9 @@
 
 Counts multiply-adds as 2 FLOPs in every matrix product (linear layers, QK^T and AV), like
 torch.utils.flop_counter; norms, RoPE, activations and the text encoder (run once per prompt, not per
-step) are left out. Text tokens are counted in attention and in the text stream's linears.
+step) are left out. Text tokens are counted in attention and in the text stream's linears. Every cost takes an
+image `size` (height, width) in pixels, an aspect-ratio bucket (`nami.config.buckets`); None is the square
+resolution x resolution.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..config import NamiConfig
+from ..config.buckets import bucket_table, stage_latent_shapes
+
+Size = tuple[int, int] | None  # (height, width) in pixels; None: resolution x resolution
 
 TIME_EMBED_DIM = 256  # sinusoidal width fed to the time embedder (models/layers.py)
 
@@ -29,19 +34,19 @@ class ForwardCost:
         return self.linear + self.attention
 
 
-def image_tokens(cfg: NamiConfig, stage: int) -> int:
-    """Image tokens at stage k: (latent side / patch)^2."""
-    side = cfg.stage_latent_sizes()[stage] // cfg.model.patch_size
-    return side * side
+def image_tokens(cfg: NamiConfig, stage: int, size: Size = None) -> int:
+    """Image tokens at stage k: (latent height / patch) x (latent width / patch) for an image of `size` pixels."""
+    h, w = stage_latent_shapes(cfg, *(size or (cfg.resolution, cfg.resolution)))[stage]
+    return (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
 
 
-def forward_cost(cfg: NamiConfig, stage: int, nested: bool = True) -> ForwardCost:
+def forward_cost(cfg: NamiConfig, stage: int, nested: bool = True, size: Size = None) -> ForwardCost:
     """One forward at stage k's resolution through its blocks (`ModelConfig.depth`: every block unless
-    `nested`)."""
+    `nested`), for an image of `size` pixels."""
     m = cfg.model
     d, hidden = m.width, int(m.width * m.mlp_ratio)
     patch_dim = cfg.autoencoder.channels * m.patch_size**2
-    n_img, n_txt = image_tokens(cfg, stage), cfg.text_encoder.max_length
+    n_img, n_txt = image_tokens(cfg, stage, size), cfg.text_encoder.max_length
     n = n_img + n_txt
     depth = m.depth(stage, nested)
     n_double = min(depth, m.double_blocks)
@@ -63,12 +68,13 @@ def forward_cost(cfg: NamiConfig, stage: int, nested: bool = True) -> ForwardCos
     return ForwardCost(n_img, n_txt, depth, 2 * linear, 2 * attention)
 
 
-def uniform_cost(cfg: NamiConfig) -> ForwardCost:
+def uniform_cost(cfg: NamiConfig, size: Size = None) -> ForwardCost:
     """The uniform baseline's forward: full resolution, every block."""
-    return forward_cost(cfg, cfg.num_stages - 1, nested=False)
+    return forward_cost(cfg, cfg.num_stages - 1, nested=False, size=size)
 
 
-def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = None, nesting: bool = True) -> float:
+def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = None, nesting: bool = True,
+                    size: Size = None) -> float:  # fmt: skip
     """Progressive over uniform sampling time, taking time proportional to FLOPs.
 
     Progressive: sum_k N_k F_k (F_k with stage k's own depth, or every block when `nesting` is off);
@@ -76,8 +82,8 @@ def predicted_ratio(cfg: NamiConfig, steps=None, uniform_steps: int | None = Non
     """
     steps = list(cfg.sampler.steps if steps is None else steps)
     uniform_steps = cfg.sampler.uniform_steps if uniform_steps is None else uniform_steps
-    progressive = sum(n * forward_cost(cfg, k, nesting).total for k, n in enumerate(steps))
-    return progressive / (uniform_steps * uniform_cost(cfg).total)
+    progressive = sum(n * forward_cost(cfg, k, nesting, size).total for k, n in enumerate(steps))
+    return progressive / (uniform_steps * uniform_cost(cfg, size).total)
 
 
 def cost_summary(cfg: NamiConfig) -> dict:
@@ -94,3 +100,24 @@ def cost_summary(cfg: NamiConfig) -> dict:
         "predicted_ratio": predicted_ratio(cfg),
         "predicted_ratio_no_nesting": predicted_ratio(cfg, nesting=False),
     }
+
+
+def bucket_costs(cfg: NamiConfig) -> list[dict]:
+    """Per bucket of `data.buckets` (`nami info`): its size, latent shape, image tokens and FLOPs per step of every
+    stage, and the predicted progressive/uniform ratio at that size."""
+    cfg_factor = 1 if cfg.sampler.guidance == 1.0 else 2
+    out = []
+    for bucket in bucket_table(cfg):
+        size = (bucket.height, bucket.width)
+        stages = [forward_cost(cfg, k, size=size) for k in range(cfg.num_stages)]
+        out.append({
+            "height": bucket.height,
+            "width": bucket.width,
+            "aspect": bucket.aspect,
+            "latent_shapes": [list(s) for s in bucket.latent_shapes(cfg)],
+            "tokens_per_stage": [c.image_tokens for c in stages],
+            "flops_per_step_per_stage": [cfg_factor * c.total for c in stages],
+            "flops_per_step_uniform": cfg_factor * uniform_cost(cfg, size).total,
+            "predicted_ratio": predicted_ratio(cfg, size=size),
+        })  # fmt: skip
+    return out

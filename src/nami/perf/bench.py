@@ -45,8 +45,11 @@ def _median_times(variants: dict[str, Callable[[], object]], repeats: int) -> di
 
 
 @torch.no_grad()
-def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8, repeats: int = 3) -> dict:
-    """Uniform (all blocks, full resolution), progressive and progressive-without-nesting sampling.
+def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8, repeats: int = 3,
+                   height: int | None = None, width: int | None = None) -> dict:  # fmt: skip
+    """Uniform (all blocks, full resolution), progressive and progressive-without-nesting sampling of height x width
+    pixel images (default the square resolution; an aspect-ratio bucket), each ratio beside the FLOP model's at
+    that size.
 
     Runs on the GPU when there is one and `trainer.accelerator` allows it, else on the CPU.
     """
@@ -56,28 +59,32 @@ def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8
             module.eval().requires_grad_(False)
         pipe = Pipeline.from_config(parts, cfg).to(sampling_device(cfg.trainer.accelerator))
     s = pipe.settings
+    height, width = height or cfg.resolution, width or cfg.resolution
+    pipe.latent_shape(height, width)  # a size off the stage grid is one line before anything runs
+    size = (height, width)
     prompts = [cfg.log.sample_prompts[i % len(cfg.log.sample_prompts)] for i in range(batch)]
     start = time.perf_counter()
     text = pipe.encode_prompts(prompts)
     encode_s = time.perf_counter() - start
 
     def run(mode: str):
-        return pipe.denoise(text, pipe.generators(list(range(batch))), mode=mode).final
+        return pipe.denoise(text, pipe.generators(list(range(batch))), mode=mode, height=height, width=width).final
 
     times = _median_times({m: (lambda m=m: run(m)) for m in ("uniform", "progressive", "no_nesting")}, repeats)
-    transitions = _transition_times(cfg, pipe, batch, repeats)
+    transitions = _transition_times(cfg, pipe, batch, repeats, pipe.latent_shape(height, width))
     final = run("progressive")
     start = time.perf_counter()
     pipe.decode(final)
     decode_s = time.perf_counter() - start
     device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu"
-    report = {"device": device, "batch": batch, "steps": list(s.steps), "uniform_steps": s.uniform_steps,
+    report = {"device": device, "batch": batch, "height": height, "width": width, "steps": list(s.steps),
+              "uniform_steps": s.uniform_steps,
               "guidance": s.guidance, "peak_tflops": peak_tflops(device),
               "uniform_s": times["uniform"], "text_encode_s": encode_s, "decode_s": decode_s}  # fmt: skip
     # FLOPs and per-stage times from one more run of each mode, timed per forward (StageTimer)
     stages = {}
     for mode in ("uniform", "progressive", "no_nesting"):
-        with StageTimer(cfg, pipe.model, nested=mode == "progressive") as timer:
+        with StageTimer(cfg, pipe.model, nested=mode == "progressive", size=size) as timer:
             run(mode)
         stages[mode] = timer.report(device)
     for mode in ("uniform", "progressive", "no_nesting"):
@@ -85,7 +92,7 @@ def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8
         report[mode] = {} if mode == "uniform" else {
             "seconds": times[mode],
             "measured_ratio": times[mode] / times["uniform"],
-            "predicted_ratio": predicted_ratio(cfg, nesting=mode == "progressive"),
+            "predicted_ratio": predicted_ratio(cfg, nesting=mode == "progressive", size=size),
         }  # fmt: skip
         report[mode].update(rate(flops, times[mode], device), stages=stages[mode])
     report.update(transitions)
@@ -93,14 +100,16 @@ def bench_sampling(cfg: NamiConfig, pipe: Pipeline | None = None, batch: int = 8
     return report
 
 
-def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int) -> dict:
-    """Time of all K-1 transitions with the configured bridge and with renoise, on the same tensors."""
+def _transition_times(cfg: NamiConfig, pipe: Pipeline, batch: int, repeats: int,
+                      shape: tuple[int, int] | None = None) -> dict:  # fmt: skip
+    """Time of all K-1 transitions with the configured bridge and with renoise, on the same tensors (full-size
+    latents of `shape`, default the square's)."""
 
     flow, bridge = pipe.flow, pipe.flow.bridge
     if flow.num_stages < 2:  # one stage (the uniform baseline): no transitions to time
         return {"bridge_kind": cfg.bridge.kind, "bridge_transition_s": 0.0, "renoise_transition_s": 0.0}
     renoise = bridge.with_kind("renoise").to(pipe.device)
-    ends = [pipe.initial_noise(pipe.generators(list(range(batch))), flow.num_stages)]
+    ends = [pipe.initial_noise(pipe.generators(list(range(batch))), flow.num_stages, shape)]
     for _ in range(flow.num_stages - 2):
         ends.append(up(ends[-1]))
     generator = torch.Generator().manual_seed(0)
@@ -220,7 +229,8 @@ def format_sampling(r: dict) -> str:
     """Human-readable bench_sampling report."""
     p, n = r["progressive"], r["no_nesting"]
     return "\n".join([
-        f"sampling on {r['device']}, batch {r['batch']}, guidance {r['guidance']}: uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
+        f"sampling {r['height']} x {r['width']} px on {r['device']}, batch {r['batch']}, guidance {r['guidance']}: "
+        f"uniform {r['uniform_steps']} steps {r['uniform_s']:.3f}s",
         f"  progressive {'/'.join(map(str, r['steps']))}: {p['seconds']:.3f}s  ratio {p['measured_ratio']:.3f}"
         f" (predicted {p['predicted_ratio']:.3f})",
         f"  without nesting:   {n['seconds']:.3f}s  ratio {n['measured_ratio']:.3f} (predicted {n['predicted_ratio']:.3f})",

@@ -6,7 +6,7 @@ import torch
 
 from ..config import NamiConfig
 from ..flow import PyramidFlow
-from ..models import build_model, cost_summary
+from ..models import bucket_costs, build_model, cost_summary
 
 
 def parameter_counts(cfg: NamiConfig) -> dict:
@@ -21,8 +21,10 @@ def parameter_counts(cfg: NamiConfig) -> dict:
 
 
 def info_report(cfg: NamiConfig) -> dict:
-    """Everything `nami info` prints, as plain numbers."""
+    """Everything `nami info` prints, as plain numbers; `buckets` (per aspect-ratio bucket: size, tokens and FLOPs
+    per stage, predicted ratio) when data.buckets is not square."""
     flow = PyramidFlow.from_config(cfg, bridge=None)  # the schedule and grids need no bridge weights
+    buckets = {} if cfg.data.buckets == "square" else {"buckets": bucket_costs(cfg)}
     return {
         "name": cfg.name,
         "num_stages": cfg.num_stages,
@@ -35,6 +37,7 @@ def info_report(cfg: NamiConfig) -> dict:
         "steps": list(cfg.sampler.steps),
         "uniform_steps": cfg.sampler.uniform_steps,
         **cost_summary(cfg),
+        **buckets,
     }
 
 
@@ -60,4 +63,11 @@ def format_report(report: dict) -> str:
         f"({'/'.join(map(str, report['steps']))} vs {report['uniform_steps']} steps): "
         f"{report['predicted_ratio']:.3f} (without nesting {report['predicted_ratio_no_nesting']:.3f})"
     )
+    if "buckets" in report:
+        lines.append(f"{len(report['buckets'])} aspect-ratio buckets (height x width px: image tokens per stage, "
+                     "GFLOP/step per stage, predicted progressive/uniform):")  # fmt: skip
+        for b in report["buckets"]:
+            tokens = "/".join(map(str, b["tokens_per_stage"]))
+            gflops = "/".join(f"{f / 1e9:.2f}" for f in b["flops_per_step_per_stage"])
+            lines.append(f"  {b['height']:>5} x {b['width']:<5} {tokens:>16}  {gflops:>24}  {b['predicted_ratio']:.3f}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import NamiConfig
+from ..config.buckets import stage_latent_shapes
 from ..models import forward_cost
 
 # dense bf16 TFLOP/s by a substring of torch.cuda.get_device_name(), most specific first
@@ -57,16 +58,18 @@ def format_rate(r: dict) -> str:
 
 class StageTimer:
     """Times every forward of `model` by stage and counts its FLOPs, through forward hooks (so the sampler
-    itself is untouched). The stage is read from the input's side (nested or not); on a GPU each forward is
-    bracketed by synchronizations, which a benchmark pays in every variant alike.
+    itself is untouched). The stage is read from the input's size (nested or not) for images of `size` = (height,
+    width) pixels (default the square resolution); on a GPU each forward is bracketed by synchronizations, which
+    a benchmark pays in every variant alike.
 
     Use as a context manager around the sampling calls to measure; `report(device_name)` gives per stage the
     seconds, the model's FLOPs and the rate."""
 
-    def __init__(self, cfg: NamiConfig, model: nn.Module, nested: bool = True):
+    def __init__(self, cfg: NamiConfig, model: nn.Module, nested: bool = True, size: tuple[int, int] | None = None):
         self.cfg, self.model, self.nested = cfg, model, nested
-        sides = cfg.stage_latent_sizes()
-        self._stage_of_side = {side: k for k, side in enumerate(sides)}
+        self.size = size or (cfg.resolution, cfg.resolution)
+        shapes = stage_latent_shapes(cfg, *self.size)
+        self._stage_of_shape = {shape: k for k, shape in enumerate(shapes)}
         self.seconds: dict[int, float] = defaultdict(float)
         self.flops: dict[int, float] = defaultdict(float)
         self.calls: dict[int, int] = defaultdict(int)
@@ -94,9 +97,9 @@ class StageTimer:
     def _after(self, module, args, output) -> None:
         self._sync(output)
         x = args[0]
-        k = self._stage_of_side.get(x.shape[-1], len(self._stage_of_side) - 1)
+        k = self._stage_of_shape.get(tuple(x.shape[-2:]), len(self._stage_of_shape) - 1)
         self.seconds[k] += time.perf_counter() - self._start
-        self.flops[k] += x.shape[0] * forward_cost(self.cfg, k, nested=self.nested).total
+        self.flops[k] += x.shape[0] * forward_cost(self.cfg, k, nested=self.nested, size=self.size).total
         self.calls[k] += 1
 
     def report(self, device_name: str) -> list[dict]:

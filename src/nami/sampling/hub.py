@@ -50,6 +50,7 @@ class NamiPipeline(
 
         pipe = NamiPipeline.from_pretrained("runs/tiny/export/0001")   # or a hub id; .to("cuda") to move
         images = pipe(["a red circle"], steps=10, guidance=5.0, seed=0)  # list of PIL images
+        wide = pipe("a red circle", height=32, width=64)                 # pixels, any size on the stage grid
         result = pipe.sample(["a red circle"], keep_stages=True)         # tensors, every stage (SampleResult)
 
     `steps` is one count for every stage or a list (one per stage); `steps`, `guidance` and `mode` default to
@@ -90,19 +91,24 @@ class NamiPipeline(
     @torch.no_grad()
     def sample(self, prompts: str | list[str], steps: int | list[int] | None = None, guidance: float | None = None,
                seed: int | list[int] = 0, mode: str | None = None, keep_stages: bool = False,
-               latents: torch.Tensor | None = None) -> SampleResult:  # fmt: skip
+               latents: torch.Tensor | None = None, height: int | None = None,
+               width: int | None = None) -> SampleResult:  # fmt: skip
         """Images in [-1, 1] as tensors (and, with keep_stages, every stage's start, end and prediction).
-        `latents`: initial latents (stage 0's or full size) instead of the seeds' noise."""
+        `latents`: initial latents (stage 0's or full size) instead of the seeds' noise. `height`, `width`: the
+        image size in pixels (default the model's square resolution); both must be multiples of the stage grid
+        (autoencoder downsampling x patch x 2^(stages-1)), else one ConfigError line names the nearest."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         mode = mode or self.config.sampler.mode
         return self.pipeline.sample(prompts, self._steps(steps, mode), guidance, seed=seed, mode=mode,
-                                    keep_stages=keep_stages, latents=latents)  # fmt: skip
+                                    keep_stages=keep_stages, latents=latents, height=height,
+                                    width=width)  # fmt: skip
 
     def __call__(self, prompts: str | list[str], steps: int | list[int] | None = None, guidance: float | None = None,
-                 seed: int | list[int] = 0, mode: str | None = None,
-                 latents: torch.Tensor | None = None) -> list[Image.Image]:  # fmt: skip
-        """One PIL image per prompt."""
-        return to_pil(self.sample(prompts, steps, guidance, seed, mode, latents=latents).images)
+                 seed: int | list[int] = 0, mode: str | None = None, latents: torch.Tensor | None = None,
+                 height: int | None = None, width: int | None = None) -> list[Image.Image]:  # fmt: skip
+        """One PIL image per prompt, height x width pixels (default the model's square resolution)."""
+        return to_pil(self.sample(prompts, steps, guidance, seed, mode, latents=latents, height=height,
+                                  width=width).images)  # fmt: skip
 
     # ---- LoRA adapters ----------------------------------------------------------------------------------
     def load_lora(self, directory: str | Path, scale: float = 1.0) -> str:

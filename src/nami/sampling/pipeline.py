@@ -4,7 +4,9 @@ prompts, seeds, sampler settings, precision, initial latents and decoding.
 
 `SamplerSettings` resolves what `sampler.*` says once (steps per mode, guidance, mode, prompt suffix,
 negative prompt, precision, compile); `Pipeline.from_config(parts, cfg)` builds a pipeline over built parts,
-and callers pass prompts, seeds and optional overrides (steps, guidance, mode, initial `latents`).
+and callers pass prompts, seeds and optional overrides (steps, guidance, mode, initial `latents`, and the image
+`height` / `width` in pixels, as diffusers names them: any size on the stage grid, default the square
+resolution; `nami.config.buckets`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import SAMPLER_MODES, ConfigError, NamiConfig
+from ..config.buckets import check_image_size, grid_step_of
+from ..config.validation import MAX_SIDE
 from ..flow import PyramidFlow, SampleTrace, initial_noise, noise_down, up
 from ..models import Autoencoder, NestedMMDiT, TextEmbedding, TextEncoder, model_fn
 from ..parts import Parts
@@ -98,7 +102,9 @@ class Pipeline:
     def __init__(self, model: NestedMMDiT, text_encoder: TextEncoder, autoencoder: Autoencoder, flow: PyramidFlow,
                  latent_size: int, settings: SamplerSettings | None = None):  # fmt: skip
         self.model, self.text_encoder, self.autoencoder, self.flow = model, text_encoder, autoencoder, flow
-        self.latent_size = latent_size  # full-stage latent side
+        self.latent_size = latent_size  # full-stage latent side of the square default size
+        # pixels an image side must divide by: every stage's grid whole (nami.config.buckets)
+        self.grid_step = grid_step_of(autoencoder.downsample, model.patch_size, flow.num_stages)
         self.settings = settings or SamplerSettings(steps=(10,) * flow.num_stages)
         if self.settings.cast_dtype is not None:
             self.model.to(self.settings.cast_dtype)
@@ -221,42 +227,58 @@ class Pipeline:
         """One generator per image, for its stage-0 noise and then its transitions' noise (renoise, detail)."""
         return [torch.Generator().manual_seed(s) for s in seeds]
 
-    def initial_noise(self, generators: list[torch.Generator], num_stages: int) -> torch.Tensor:
-        """Stage-0 noise, one generator per image: an image depends on its seed, not on its batch."""
-        shape = (1, self.autoencoder.channels, self.latent_size, self.latent_size)
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """The full-size latent (height, width) of an image of height x width pixels (None: the square
+        resolution); a size off the stage grid is one ConfigError line naming the nearest valid sizes."""
+        side = self.latent_size * self.autoencoder.downsample
+        height, width = side if height is None else height, side if width is None else width
+        check_image_size(height, width, self.grid_step, MAX_SIDE)
+        return height // self.autoencoder.downsample, width // self.autoencoder.downsample
+
+    def initial_noise(self, generators: list[torch.Generator], num_stages: int,
+                      shape: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+        """Stage-0 noise for a full-size latent of `shape` (default the square's), one generator per image: an
+        image depends on its seed, not on its batch."""
+        h, w = shape or (self.latent_size, self.latent_size)
+        shape = (1, self.autoencoder.channels, h, w)
         return torch.cat([initial_noise(shape, num_stages, g) for g in generators]).to(self.device)
 
-    def start_latents(self, latents: torch.Tensor, num_stages: int) -> torch.Tensor:
-        """Given initial latents as stage 0's start: at stage 0's side as they are, at full size pooled as
-        `initial_noise` pools its draw (diffusers pipelines take full-size `latents=`)."""
-        side = self.latent_size // 2 ** (num_stages - 1)
+    def start_latents(self, latents: torch.Tensor, num_stages: int,
+                      shape: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+        """Given initial latents as stage 0's start: at stage 0's size as they are, at full size (`shape`, default
+        the square's) pooled as `initial_noise` pools its draw (diffusers pipelines take full-size `latents=`)."""
+        full = tuple(shape or (self.latent_size, self.latent_size))
+        stage0 = tuple(s // 2 ** (num_stages - 1) for s in full)
         if latents.ndim != 4 or latents.shape[1] != self.autoencoder.channels:
-            raise ConfigError("latents", f"need (batch, {self.autoencoder.channels}, side, side), got "
+            raise ConfigError("latents", f"need (batch, {self.autoencoder.channels}, height, width), got "
                                          f"{tuple(latents.shape)}")  # fmt: skip
-        if latents.shape[-1] == latents.shape[-2] == self.latent_size:
+        if tuple(latents.shape[-2:]) == full:
             for _ in range(num_stages - 1):
                 latents = noise_down(latents)
-        elif not latents.shape[-1] == latents.shape[-2] == side:
-            raise ConfigError("latents", f"side {latents.shape[-1]} is neither the full latent side "
-                                         f"{self.latent_size} nor stage 0's {side}")  # fmt: skip
+        elif tuple(latents.shape[-2:]) != stage0:
+            raise ConfigError("latents", f"size {tuple(latents.shape[-2:])} is neither the full latent size {full} "
+                                         f"nor stage 0's {stage0}")  # fmt: skip
         return latents.float().to(self.device)
 
     @torch.no_grad()
     def denoise(self, text: TextEmbedding, generators: list[torch.Generator], steps: list[int] | None = None,
                 guidance: float | None = None, mode: str | None = None, keep_stages: bool = False,
-                latents: torch.Tensor | None = None) -> SampleTrace:  # fmt: skip
+                latents: torch.Tensor | None = None, height: int | None = None,
+                width: int | None = None) -> SampleTrace:  # fmt: skip
         """Latents from the text embedding (`encode_prompts`) and one generator per image: the timed part of
-        sampling (no text encoding, no decoding). `latents` replace the generators' stage-0 noise; the
-        generators still draw the transitions' noise, after the stage-0 draw they would have made, so passing
-        the seeds' own noise as `latents` reproduces the seeded sample."""
+        sampling (no text encoding, no decoding), for images of height x width pixels (`latent_shape`).
+        `latents` replace the generators' stage-0 noise; the generators still draw the transitions' noise,
+        after the stage-0 draw they would have made, so passing the seeds' own noise as `latents` reproduces
+        the seeded sample."""
         s = self.settings
         mode = mode or s.mode
         steps = s.steps_for(mode) if steps is None else list(steps)
         guidance = s.guidance if guidance is None else guidance
         flow = self.flow_for(mode)
-        noise = self.initial_noise(generators, flow.num_stages)  # drawn either way: the transitions' noise
+        shape = self.latent_shape(height, width)
+        noise = self.initial_noise(generators, flow.num_stages, shape)  # drawn either way: the transitions' noise
         if latents is not None:  # then comes from the generators as if they had given the start
-            noise = self.start_latents(latents, flow.num_stages)
+            noise = self.start_latents(latents, flow.num_stages, shape)
         network = model_fn(self.network(), nested=mode == "progressive")
         text = text.for_attention()  # the one host read of the mask, before the loop
         cast = s.cast_dtype
@@ -271,36 +293,44 @@ class Pipeline:
     def sample(self, prompts: list[str], steps: list[int] | None = None, guidance: float | None = None,
                seed: int | list[int] = 0, mode: str | None = None, keep_stages: bool = False,
                latents: torch.Tensor | None = None, batch_size: int | None = None,
-               progress: bool = False) -> SampleResult:  # fmt: skip
-        """One image per prompt (seed i = seed + i, or the given list); `batch_size` splits the prompts into
-        batches (an image depends on its seed only, not on its batch), `progress` shows a bar over them."""
+               progress: bool = False, height: int | None = None,
+               width: int | None = None) -> SampleResult:  # fmt: skip
+        """One image per prompt (seed i = seed + i, or the given list), height x width pixels (default the square
+        resolution; any size on the stage grid); `batch_size` splits the prompts into batches (an image depends
+        on its seed only, not on its batch), `progress` shows a bar over them."""
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+        self.latent_shape(height, width)  # a bad size is one line before any prompt is encoded
         size = batch_size or max(len(prompts), 1)
         results = []
         starts = range(0, len(prompts), size)
         for i in tqdm(starts, desc="sampling", unit="batch", disable=not progress or len(starts) < 2, leave=False):
             chunk = latents[i : i + size] if latents is not None else None
             results.append(self._sample_batch(prompts[i : i + size], seeds[i : i + size], steps, guidance, mode,
-                                              keep_stages, chunk))  # fmt: skip
+                                              keep_stages, chunk, height, width))  # fmt: skip
         return SampleResult.cat(results) if len(results) > 1 else results[0]
 
-    def _sample_batch(self, prompts, seeds, steps, guidance, mode, keep_stages, latents) -> SampleResult:
+    def _sample_batch(self, prompts, seeds, steps, guidance, mode, keep_stages, latents, height,
+                      width) -> SampleResult:  # fmt: skip
         text = self.encode_prompts(prompts, guidance)
-        trace = self.denoise(text, self.generators(seeds), steps, guidance, mode, keep_stages, latents)
+        trace = self.denoise(text, self.generators(seeds), steps, guidance, mode, keep_stages, latents, height,
+                             width)  # fmt: skip
         images = self.decode(trace.final)
         if not keep_stages:
             return SampleResult(images, trace)
-        views = ([self.decode(self.full_size(z)) for z in getattr(trace, name)] for name in _STAGE_FIELDS)
+        full = tuple(trace.final.shape[-2:])
+        views = ([self.decode(self.full_size(z, full)) for z in getattr(trace, name)] for name in _STAGE_FIELDS)
         return SampleResult(images, trace, SampleTrace(images, *views))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(latents.float()).clamp(-1, 1)
 
-    def full_size(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest-upsample a stage latent to the full latent side (for side-by-side stage views)."""
-        while z.shape[-1] < self.latent_size:
+    def full_size(self, z: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Nearest-upsample a stage latent to the full latent size `shape` (default the square's) for
+        side-by-side stage views."""
+        width = shape[-1] if shape is not None else self.latent_size
+        while z.shape[-1] < width:
             z = up(z)
         return z
 

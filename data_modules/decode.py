@@ -4,13 +4,20 @@ that is kept after a repair (e.g. a caption that is not UTF-8) is counted in `re
 
 A stream decodes with one `Decoder`, chosen once from the config: `ImageDecoder` here, or the precomputed
 shards' `PrecomputedDecoder` (`precomputed.py`). Where the image, caption and metadata sit in a record
-depends on the format's layout only (`Format.columnar`), never on the format's name.
+depends on the format's layout only (`Format.columnar`), never on the format's name. Records reach a decoder
+through `decode_record`, which turns any exception a decoder raises on the bytes it was handed into a counted
+skip (`undecodable`, the detail naming the exception's class): one sample never stops a stream.
+
+Bounds, besides data.max_member_bytes in the readers: an image is refused from its header above
+data.max_pixels, before a pixel is decoded; a caption is cut to MAX_CAPTION_BYTES before anything tokenises it;
+a json member is parsed only up to MAX_JSON_BYTES and kept only up to MAX_JSON_DEPTH levels of nesting.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 import warnings
 from collections import Counter
@@ -23,6 +30,19 @@ from PIL import Image
 
 from .records import Record, Sample, Skip
 
+log = logging.getLogger(__name__)
+
+# Captions are cut (on a character boundary, counted as caption_truncated) rather than skipped: a text encoder
+# reads text_encoder.max_length tokens and drops the rest, and no tokenizer's token spans 64 bytes, so 64 KiB
+# keeps every token a 1024-token encoder could see, while a 20 MB caption no longer costs seconds and
+# gigabytes to tokenise. The image is as good as any other; only text no encoder reads is dropped.
+MAX_CAPTION_BYTES = 64 * 2**10
+# Metadata json: img2dataset and GRIT write a few KB. Larger or deeper is kept as {} (counted as bad_json):
+# Python objects of a parsed json take 10-50x its bytes, and a sample's metadata is pickled to the main
+# process (and re-serialised by `nami data encode`) by recursive code that a deep nesting would exhaust.
+MAX_JSON_BYTES = 2**20
+MAX_JSON_DEPTH = 64
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -32,6 +52,8 @@ def open_image(data: bytes | None, max_pixels: int, min_size: int = 0) -> Image.
     """Open (header only) and check size limits before any pixel is decoded."""
     if data is None:
         raise Skip("missing_image")
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # e.g. an int64 image column
+        raise Skip("undecodable", f"the image is {type(data).__name__}, not bytes")
     if len(data) == 0:
         raise Skip("empty_image")
     try:
@@ -131,27 +153,60 @@ def decode_image(
 
 
 def caption_text(raw: Any, repaired: Counter) -> str | None:
-    """A caption field as stripped text (bytes decoded as UTF-8, repairs counted), or None when empty."""
-    if isinstance(raw, (bytes, bytearray)):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            repaired["caption_not_utf8"] += 1
-            raw = bytes(raw).decode("utf-8", errors="replace")
-    if not isinstance(raw, str):
+    """A caption field as stripped text, or None when empty or not text. Bytes are decoded as UTF-8 and a
+    str's lone surrogates (json escapes) replaced, both counted as caption_not_utf8; anything longer than
+    MAX_CAPTION_BYTES is cut to it on a character boundary (caption_truncated)."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
         return None
-    return raw.strip() or None
+    raw = bytes(raw)
+    if len(raw) > MAX_CAPTION_BYTES:
+        cut = MAX_CAPTION_BYTES
+        while cut > MAX_CAPTION_BYTES - 3 and raw[cut] & 0xC0 == 0x80:  # a continuation byte: not a boundary
+            cut -= 1
+        raw = raw[:cut]
+        repaired["caption_truncated"] += 1
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        repaired["caption_not_utf8"] += 1
+        text = raw.decode("utf-8", errors="replace")
+    return text.strip() or None
 
 
 def json_metadata(fields: dict[str, Any], repaired: Counter) -> Any:
-    """A record's `json` member parsed ({} when there is none; kept as {} and counted when it does not parse)."""
+    """A record's `json` member parsed ({} when there is none; kept as {} and counted as bad_json when it does
+    not parse, or is larger than MAX_JSON_BYTES or nested deeper than MAX_JSON_DEPTH)."""
     if "json" not in fields:
         return {}
+    data = fields["json"]
     try:
-        return json.loads(fields["json"])
-    except ValueError:  # also UnicodeDecodeError
+        if len(data) > MAX_JSON_BYTES:
+            raise ValueError(f"{len(data)} bytes")
+        value = json.loads(data)
+        if not _shallow(value, data):
+            raise ValueError("nested too deep")
+        return value
+    except (ValueError, TypeError, RecursionError):  # ValueError includes UnicodeDecodeError
         repaired["bad_json"] += 1
         return {}
+
+
+def _shallow(value: Any, data: Any) -> bool:
+    """Whether parsed json `value` nests at most MAX_JSON_DEPTH containers (walked only when its text holds
+    that many opening brackets at all)."""
+    text = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if text.count(b"[") + text.count(b"{") <= MAX_JSON_DEPTH:
+        return True
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
 
 
 def image_bytes(record: Record, columnar: bool, image_column: str) -> Any:
@@ -196,6 +251,26 @@ class DecodeOptions:
     def from_config(cls, cfg) -> DecodeOptions:
         d = cfg.data
         return cls(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column)
+
+
+def decode_record(decoder: Decoder, record: Record, columnar: bool, repaired: Counter,
+                  rng: random.Random | None = None, epoch: int = 0) -> Sample:  # fmt: skip
+    """`decoder.decode`, with any exception it raises on the record's bytes turned into Skip("undecodable")
+    naming the exception's class (logged once per class and process, so that a kit bug is seen too)."""
+    try:
+        return decoder.decode(record, columnar, repaired, rng, epoch)
+    except Skip:
+        raise
+    except Exception as err:  # noqa: BLE001 - hostile bytes reach code paths no list of exceptions covers
+        name = type(err).__name__
+        if name not in _REPORTED:
+            _REPORTED.add(name)
+            log.warning("skipping %s (%s): the decoder raised %s: %.200s (counted as undecodable; said once per "
+                        "exception class)", record.key, record.shard, name, err)  # fmt: skip
+        raise Skip("undecodable", f"{name}: {err}") from None
+
+
+_REPORTED: set[str] = set()
 
 
 class Decoder(Protocol):

@@ -44,6 +44,10 @@ MAX_JSON_BYTES = 2**20
 MAX_JSON_DEPTH = 64
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+# The decoders PIL may use on crawled bytes, whatever the member's extension says: the web's image formats.
+# Not its forty others: EPS would hand the bytes to Ghostscript on load, and rarely used decoders are where
+# crafted headers find their way.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -59,7 +63,7 @@ def open_image(data: bytes | None, max_pixels: int, min_size: int = 0) -> Image.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as err:
         raise Skip("too_large", str(err)) from None
     except Exception as err:  # noqa: BLE001 - crawled bytes break decoders in many ways; all mean "skip"

@@ -131,12 +131,20 @@ def write_precomputed(root: Path, cfg, shards: list[list[dict]], sources: str | 
 
 # ---- reading under a memory limit -----------------------------------------------------------------------
 CHECK_UNDER_LIMIT = """
-import json, resource, sys
+import io, json, resource, sys
+import pyarrow as pa, pyarrow.parquet as pq
 from nami.config import load
 from data_modules.check import check_data
 
 config, headroom, keys_out, *overrides = sys.argv[1:]
 cfg = load(config, overrides)
+# Arrow's thread pools, one thread each, started now: the limit is for the data, not for thread stacks.
+pa.set_cpu_count(1)
+pa.set_io_thread_count(1)
+table = pa.table({"a": [1]})
+buf = io.BytesIO()
+pq.write_table(table, buf)
+pq.ParquetFile(io.BytesIO(buf.getvalue())).read()
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (size + int(headroom), resource.RLIM_INFINITY))
 print(json.dumps(check_data(cfg, keys_out=keys_out)))
@@ -147,7 +155,8 @@ def check_under_limit(headroom: int, keys_out: Path, *overrides: str) -> subproc
     """`nami data check`'s pass over the data (`check_data`, keys written to `keys_out`) in a fresh process
     whose address space may grow by `headroom` bytes once everything is imported: an allocation beyond that
     fails there (MemoryError)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1",
+           "MALLOC_ARENA_MAX": "1"}  # a thread's own malloc arena reserves 64 MB of address space
     return subprocess.run([sys.executable, "-c", CHECK_UNDER_LIMIT, str(REPO / "experiments" / "tiny.yaml"),
                            str(headroom), str(keys_out), *overrides], capture_output=True, text=True, timeout=300,
                           env=env)  # fmt: skip

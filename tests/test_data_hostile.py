@@ -22,21 +22,32 @@ from .safety_fixtures import cli, one_error_line
 
 
 # ---- 1. members that expand far beyond their files ----------------------------------------------------
-def test_members_that_expand_to_gigabytes_are_skipped_unread_under_a_memory_limit(tmp_path):
+def test_members_and_rows_that_expand_to_gigabytes_are_skipped_unread_under_a_memory_limit(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     sparse = tmp_path / "sparse.tar"
     sparse.write_bytes(sample_members(good("a0", 1)) + sparse_member("s.png", rgb_png(2), 1_500_000_000)
                        + member("s.txt", b"a sparse image") + sample_members(good("a1", 3)) + ZERO_BLOCKS)  # fmt: skip
-    bomb = gzip_bomb_tar(tmp_path / "bomb.tar.gz", [good("b0", 4)], "z.png", 1024 * MiB,
+    bomb = gzip_bomb_tar(tmp_path / "bomb.tar.gz", [good("b0", 4)], "z.png", 320 * MiB,
                          [{"__key__": "z", "txt": b"a caption"}, good("b1", 5)])  # fmt: skip
-    assert sparse.stat().st_size < 30_000 and bomb.stat().st_size < 2 * MiB  # 1.5 GB and 512 MiB members
+    # one parquet row of 300 MiB of zeros: its row group declares more than the bound allows per row
+    zeros = pa.array([np.zeros(300 * MiB, np.uint8).tobytes()], pa.large_binary())
+    pq.write_table(pa.table({"key": ["big"], "caption": ["c"], "image": zeros}), tmp_path / "rows.parquet",
+                   compression="brotli", compression_level=1)  # fmt: skip
+    del zeros
+    pq.write_table(pa.Table.from_pylist([{"key": "c0", "caption": "c", "image": rgb_png(6)}]), tmp_path / "c.parquet")
+    sizes = [p.stat().st_size for p in (sparse, bomb, tmp_path / "rows.parquet")]
+    assert max(sizes) < 2 * MiB, sizes  # files of KB; members and rows of hundreds of MB
     keys = tmp_path / "keys.txt"
-    # 400 MB of address space beyond the imports: reading either member whole fails with MemoryError.
-    result = check_under_limit(400 * MiB, keys, *LEARNED_TEXT, f"data.shards=[{sparse},{bomb}]",
-                               "data.num_workers=0")  # fmt: skip
+    shards = f"data.shards=[{sparse},{bomb},{tmp_path}/rows.parquet,{tmp_path}/c.parquet]"
+    # 256 MiB of address space beyond the imports: reading any of the three whole fails with MemoryError.
+    result = check_under_limit(256 * MiB, keys, *LEARNED_TEXT, shards, "data.num_workers=0")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert report["skipped"] == {"sparse_member": 1, "too_large_member": 1}  # the sparse one is never "good"
-    assert sorted(keys.read_text().split()) == ["a0", "a1", "b0", "b1"]
+    assert report["skipped"] == {"sparse_member": 1, "too_large_member": 2}, result.stderr[-3000:]  # sparse: never "good"
+    assert sorted(keys.read_text().split()) == ["a0", "a1", "b0", "b1", "c0"]
 
 
 def test_the_member_bound_is_a_config_key_checked_per_record(tmp_path):
@@ -50,6 +61,22 @@ def test_the_member_bound_is_a_config_key_checked_per_record(tmp_path):
     with pytest.raises(ConfigError) as err:
         data_cfg(str(shard), "data.max_member_bytes=0")
     assert err.value.key == "data.max_member_bytes"
+
+
+def test_parquet_and_hf_rows_above_the_bound_are_skipped_before_they_are_python_objects(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    # a row over the bound in a group whose average is within it (and an hf row) is refused before to_pylist
+    rows = [{"key": f"small{i}", "caption": "c", "image": rgb_png(i)} for i in range(10)]
+    rows.append({"key": "large", "caption": "c", "image": rgb_png(2) * 40})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
+    Dataset.from_list(rows).save_to_disk(tmp_path / "hf")
+    limit = f"data.max_member_bytes={len(rgb_png(2)) * 10}"
+    for source in ([str(tmp_path / "mixed.parquet")], [str(tmp_path / "hf"), "data.format=hf"]):
+        report = check_data(data_cfg(source[0], "data.num_workers=0", limit, *source[1:]))
+        assert report["samples"] == 10 and report["skipped"] == {"too_large_member": 1}
 
 
 # ---- 2. json nested 100,000 deep ----------------------------------------------------------------------
@@ -234,3 +261,25 @@ def test_resuming_an_encode_over_a_damaged_description_is_one_line_naming_it(tmp
     with pytest.raises(ConfigError) as err:
         encode_shards(cfg, out, never)
     assert err.value.key == "--out" and name in str(err.value) and "\n" not in str(err.value)
+
+
+# ---- the rule: only the web's image decoders see crawled bytes ------------------------------------------
+def test_only_web_image_formats_are_decoded_and_eps_never_reaches_ghostscript(monkeypatch):
+    import io
+
+    from PIL import EpsImagePlugin, Image
+
+    from data_modules.decode import image_tensor
+    from data_modules.records import Skip
+
+    loaded = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load", lambda self: loaded.append(self) or None)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\nshowpage\n"
+    pcx = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(pcx, "PCX")
+    for data in (eps, pcx.getvalue()):
+        with pytest.raises(Skip) as skip:
+            image_tensor(data, 32)
+        assert skip.value.reason == "undecodable"
+    assert not loaded
+    assert image_tensor(rgb_png(1), 32).shape == (3, 32, 32)

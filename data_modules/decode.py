@@ -33,9 +33,10 @@ from .records import Record, Sample, Skip
 log = logging.getLogger(__name__)
 
 # Captions are cut (on a character boundary, counted as caption_truncated) rather than skipped: a text encoder
-# reads text_encoder.max_length tokens and drops the rest, and no tokenizer's token spans 64 bytes, so 64 KiB
-# keeps every token a 1024-token encoder could see, while a 20 MB caption no longer costs seconds and
-# gigabytes to tokenise. The image is as good as any other; only text no encoder reads is dropped.
+# reads text_encoder.max_length tokens (256 for NAMI-2B's mT5) and drops the rest, and 64 KiB is over 10,000
+# typical tokens (3-6 bytes each), or 1024 of SentencePiece's longest (16 characters). So the cut drops only
+# text no encoder reads, the image is kept, and a 20 MB caption no longer costs seconds and gigabytes to
+# tokenise.
 MAX_CAPTION_BYTES = 64 * 2**10
 # Metadata json: img2dataset and GRIT write a few KB. Larger or deeper is kept as {} (counted as bad_json):
 # Python objects of a parsed json take 10-50x its bytes, and a sample's metadata is pickled to the main

@@ -18,6 +18,7 @@ from .data_fixtures import LEARNED_TEXT, TINY, data_cfg, flow_mix, good, rgb_png
 from .hostile_fixtures import (MiB, ZERO_BLOCKS, check_under_limit, deep_json, embedding, gzip_bomb_tar, member,
                                precomputed_cfg, precomputed_sample, sample_members, sparse_member,
                                write_precomputed)  # fmt: skip
+from .hf_fixtures import write_hf
 from .safety_fixtures import cli, one_error_line
 
 
@@ -73,8 +74,10 @@ def test_parquet_and_hf_rows_above_the_bound_are_skipped_before_they_are_python_
     rows.append({"key": "large", "caption": "c", "image": rgb_png(2) * 40})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
     Dataset.from_list(rows).save_to_disk(tmp_path / "hf")
+    write_hf(tmp_path / "folder", "imagefolder", [rows])  # images read by path: read up to the bound
     limit = f"data.max_member_bytes={len(rgb_png(2)) * 10}"
-    for source in ([str(tmp_path / "mixed.parquet")], [str(tmp_path / "hf"), "data.format=hf"]):
+    for source in ([str(tmp_path / "mixed.parquet")], [str(tmp_path / "hf"), "data.format=hf"],
+                   [str(tmp_path / "folder"), "data.format=hf"]):  # fmt: skip
         report = check_data(data_cfg(source[0], "data.num_workers=0", limit, *source[1:]))
         assert report["samples"] == 10 and report["skipped"] == {"too_large_member": 1}
 

@@ -45,8 +45,9 @@ class Member:
 
 class TarReader:
     """Members of one archive in order (`members()`), their data on request (`read`, only forward: a member
-    is read before the next is asked for). When the members end, `ending` says how: "complete" (an end-of-archive zero block), "eof" (the stream ends where a header
-    should start) or "cut" (a partial or invalid header; `cut_block` holds what there was)."""
+    is read before the next is asked for). When the members end, `ending` says how: "complete" (an
+    end-of-archive zero block), "eof" (the stream ends where a header should start) or "cut" (a partial or
+    invalid header; `cut_block` holds what there was)."""
 
     def __init__(self, fileobj):
         magic = fileobj.read(6)

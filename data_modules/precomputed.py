@@ -39,7 +39,7 @@ from safetensors.torch import save as save_tensors
 from nami.config import NamiConfig
 from nami.text_embedding import TextEmbedding
 
-from .decode import caption_text, json_metadata
+from .metadata import caption_text, json_metadata
 from .records import Record, Sample, Skip
 
 # "nami-encoded" is the name the meta file has always carried: directories written before stay readable.

@@ -37,7 +37,7 @@ SKIP_REASONS = (
 )
 REPAIR_REASONS = (
     "caption_not_utf8",  # kept, invalid bytes (or lone surrogates) replaced by U+FFFD
-    "caption_truncated",  # kept, cut to MAX_CAPTION_BYTES (decode.py) on a character boundary
+    "caption_truncated",  # kept, cut to MAX_CAPTION_BYTES (metadata.py) on a character boundary
     "bad_json",  # kept, metadata {}: not JSON, too large or too deep (the caption then comes from .txt)
 )
 

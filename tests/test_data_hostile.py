@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from data_modules.check import check_data
-from data_modules.decode import MAX_CAPTION_BYTES
+from data_modules.metadata import MAX_CAPTION_BYTES
 from nami.config import ConfigError
 
 from .data_fixtures import LEARNED_TEXT, TINY, data_cfg, flow_mix, good, rgb_png, write_tar

@@ -1,13 +1,20 @@
 """Streaming data for the NAMI kit: shards -> decoded samples -> per-stage batches (DESIGN section 5).
 
 Pipeline: `formats/` (one module per `data.format`, a registry: resolve data.shards to shards, read a shard's
-raw records; `sources` expands file patterns) -> `split` (who reads what across rank x worker) -> `decode`
-(one decoder per stream: images to RGB, resize, crop, [-1, 1], or `precomputed`'s stored latents and text
-embeddings; skips by reason) -> `stream` (the per-worker iterable: epochs, shuffle, resume state, batching)
--> `collate` (StageBatch). `records` holds what passes between them (a leaf); `inputs` checks a config's
-data before any compute. `datamodule` wraps it for Lightning; `check`, `bench`, `synth` and `encode` back the
+raw records; `sources` expands file patterns; `formats/tar` is the bounded tar reader, `formats/rows` turns
+Arrow rows into records) -> `split` (who reads what across rank x worker) -> `decode` (one decoder per
+stream: images to RGB, resize, crop, [-1, 1], or `precomputed`'s stored latents and text embeddings;
+`metadata` reads captions and json; skips by reason) -> `stream` (the per-worker iterable: epochs, shuffle,
+resume state, batching) -> `collate` (StageBatch). `records` holds what passes between them (a leaf);
+`inputs` checks a config's data before any compute (`precomputed_dir`: a directory of precomputed shards and
+its description files). `datamodule` wraps it for Lightning; `check`, `bench`, `synth` and `encode` back the
 CLI (`synth` renders `nami.eval.shapes`, the GenEval-Shapes vocabulary shared with the evaluator; `encode`
 writes the precomputed shards `precomputed` reads, with `progress` lines on stderr).
+
+Hostile data: one sample costs one counted skip, never the run. Readers refuse a record above
+data.max_member_bytes before reading it; every exception a decoder raises on the bytes it was handed is a
+skip (`decode.decode_record`); pixels, captions and json have their own bounds (`decode`, `metadata`); a
+damaged description of a shard set is one ConfigError line naming the file.
 
 The batch contract (what the training module consumes): every training batch is a `StageBatch` with K
 groups, one per stage, of static sizes within a ratio phase (largest-remainder split of data.batch_size by
@@ -64,7 +71,9 @@ _EXPORTS = {
     "checked_shards": "inputs",
     "decoder_for": "inputs",
     "usable_shards": "inputs",
+    "PayloadLayout": "precomputed",
     "PrecomputedDecoder": "precomputed",
+    "ReadOptions": "records",
     "REPAIR_REASONS": "records",
     "SKIP_REASONS": "records",
     "Failure": "records",

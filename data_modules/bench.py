@@ -16,7 +16,7 @@ from nami.flow import StageMix
 
 from .decode import image_bytes, image_tensor
 from .formats import format_of, resolve_data
-from .records import Record, Shard, Skip
+from .records import ReadOptions, Record, Shard, Skip
 from .stream import ShardStream, StreamSpec, make_loader
 
 
@@ -28,7 +28,7 @@ def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup:
         before = done
         for shard in shards:
             fmt = format_of(shard)
-            for record in fmt.read(shard, key_column=d.key_column):
+            for record in fmt.read(shard, options=ReadOptions.from_data(d)):
                 if not isinstance(record, Record):
                     continue
                 try:

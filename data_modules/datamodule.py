@@ -15,7 +15,7 @@ from nami.text_embedding import TextEmbedding
 
 from .collate import StageBatch
 from .inputs import checked_shards
-from .precomputed import load_unconditional
+from .precomputed_dir import load_unconditional
 from .records import REPAIR_REASONS, SKIP_REASONS, Shard
 from .stream import ShardStream, StreamSpec, make_loader
 
@@ -59,7 +59,7 @@ class ShardDataModule(L.LightningDataModule):
     def unconditional(self) -> TextEmbedding:
         """data.precomputed: the stored embedding of the empty prompt (caption dropout swaps it in), with a
         batch dimension of one."""
-        return load_unconditional(self.shards)
+        return load_unconditional(self.cfg, self.shards)
 
     def setup(self, stage: str | None = None) -> None:
         self.shards  # noqa: B018 - resolve early: a bad path fails before any model work

@@ -4,13 +4,19 @@ that is kept after a repair (e.g. a caption that is not UTF-8) is counted in `re
 
 A stream decodes with one `Decoder`, chosen once from the config: `ImageDecoder` here, or the precomputed
 shards' `PrecomputedDecoder` (`precomputed.py`). Where the image, caption and metadata sit in a record
-depends on the format's layout only (`Format.columnar`), never on the format's name.
+depends on the format's layout only (`Format.columnar`), never on the format's name. Records reach a decoder
+through `decode_record`, which turns any exception a decoder raises on the bytes it was handed into a counted
+skip (`undecodable`, the detail naming the exception's class): one sample never stops a stream.
+
+Bounds, besides data.max_member_bytes in the readers: an image is refused from its header above
+data.max_pixels, before a pixel is decoded, and only the web's image formats reach PIL (IMAGE_FORMATS);
+captions and json metadata have theirs in `metadata.py`.
 """
 
 from __future__ import annotations
 
 import io
-import json
+import logging
 import random
 import warnings
 from collections import Counter
@@ -21,9 +27,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .metadata import caption_text, json_metadata
 from .records import Record, Sample, Skip
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+# The decoders PIL may use on crawled bytes, whatever the member's extension says: the web's image formats.
+# Not its forty others: EPS would hand the bytes to Ghostscript on load, and rarely used decoders are where
+# crafted headers find their way.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -32,12 +45,14 @@ def open_image(data: bytes | None, max_pixels: int, min_size: int = 0) -> Image.
     """Open (header only) and check size limits before any pixel is decoded."""
     if data is None:
         raise Skip("missing_image")
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # e.g. an int64 image column
+        raise Skip("undecodable", f"the image is {type(data).__name__}, not bytes")
     if len(data) == 0:
         raise Skip("empty_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as err:
         raise Skip("too_large", str(err)) from None
     except Exception as err:  # noqa: BLE001 - crawled bytes break decoders in many ways; all mean "skip"
@@ -130,30 +145,6 @@ def decode_image(
         raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
 
 
-def caption_text(raw: Any, repaired: Counter) -> str | None:
-    """A caption field as stripped text (bytes decoded as UTF-8, repairs counted), or None when empty."""
-    if isinstance(raw, (bytes, bytearray)):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            repaired["caption_not_utf8"] += 1
-            raw = bytes(raw).decode("utf-8", errors="replace")
-    if not isinstance(raw, str):
-        return None
-    return raw.strip() or None
-
-
-def json_metadata(fields: dict[str, Any], repaired: Counter) -> Any:
-    """A record's `json` member parsed ({} when there is none; kept as {} and counted when it does not parse)."""
-    if "json" not in fields:
-        return {}
-    try:
-        return json.loads(fields["json"])
-    except ValueError:  # also UnicodeDecodeError
-        repaired["bad_json"] += 1
-        return {}
-
-
 def image_bytes(record: Record, columnar: bool, image_column: str) -> Any:
     """The undecoded image of a record: its data.image_column (rows), else its first image member."""
     f = record.fields
@@ -196,6 +187,26 @@ class DecodeOptions:
     def from_config(cls, cfg) -> DecodeOptions:
         d = cfg.data
         return cls(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column)
+
+
+def decode_record(decoder: Decoder, record: Record, columnar: bool, repaired: Counter,
+                  rng: random.Random | None = None, epoch: int = 0) -> Sample:  # fmt: skip
+    """`decoder.decode`, with any exception it raises on the record's bytes turned into Skip("undecodable")
+    naming the exception's class (logged once per class and process, so that a kit bug is seen too)."""
+    try:
+        return decoder.decode(record, columnar, repaired, rng, epoch)
+    except Skip:
+        raise
+    except Exception as err:  # noqa: BLE001 - hostile bytes reach code paths no list of exceptions covers
+        name = type(err).__name__
+        if name not in _REPORTED:
+            _REPORTED.add(name)
+            log.warning("skipping %s (%s): the decoder raised %s: %.200s (counted as undecodable; said once per "
+                        "exception class)", record.key, record.shard, name, err)  # fmt: skip
+        raise Skip("undecodable", f"{name}: {err}") from None
+
+
+_REPORTED: set[str] = set()
 
 
 class Decoder(Protocol):

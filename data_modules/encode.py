@@ -35,6 +35,7 @@ from nami.text_embedding import TextEmbedding
 from .formats import resolve_data
 from .precomputed import (FORMAT, META_FILE, PAYLOAD, PROGRESS_DIR, UNCONDITIONAL_FILE, VERSION, encoder_fingerprint,
                           payload, progress_path)  # fmt: skip
+from .precomputed_dir import read_meta, read_progress
 from .progress import Progress
 from .records import Sample
 from .stream import ShardStream, StreamSpec, make_loader
@@ -75,10 +76,10 @@ def _run_meta(cfg: NamiConfig, shards, world_size: int, storage: torch.dtype) ->
 def _claim(out: Path, meta: dict) -> None:
     """Write the directory's metadata, or check that it describes this very encode (a resumed or other rank)."""
     path = out / META_FILE
-    if not path.exists():
+    old = read_meta(str(out), "--out")  # a damaged one: one line naming it
+    if old is None:
         _write_json(path, meta)
         return
-    old = json.loads(path.read_text())
     for section in ("encoder", "sources"):
         for key in sorted(set(meta[section]) | set(old.get(section, {}))):
             was, now = old.get(section, {}).get(key), meta[section].get(key)
@@ -95,10 +96,10 @@ def _claim(out: Path, meta: dict) -> None:
 def _restore(out: Path, rank: int, num_workers: int) -> dict:
     """This rank's progress (fresh when none), its finished shards checked and a cut rename completed."""
     path = Path(progress_path(str(out), rank))
-    if not path.exists():
+    progress = read_progress(str(out), rank, "--out")  # a damaged one: one line naming it
+    if progress is None:
         return {"rank": rank, "num_workers": num_workers, "shards": [], "workers": {}, "next_worker": 0,
                 "done": False}  # fmt: skip
-    progress = json.loads(path.read_text())
     if progress["num_workers"] != num_workers:
         was = progress["num_workers"]
         raise ConfigError("data.num_workers", f"{path} was written with {was} dataloader workers; resume with "

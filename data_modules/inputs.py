@@ -8,15 +8,18 @@ from collections import Counter
 
 from nami.config import ConfigError, NamiConfig
 
-from .decode import DecodeOptions, Decoder, ImageDecoder
+from .decode import DecodeOptions, Decoder, ImageDecoder, decode_record
 from .formats import format_of, resolve_data
-from .precomputed import PrecomputedDecoder, check_precomputed
-from .records import Failure, Shard, Skip
+from .precomputed import PayloadLayout, PrecomputedDecoder
+from .precomputed_dir import check_precomputed
+from .records import Failure, ReadOptions, Shard, Skip
 
 
 def decoder_for(cfg: NamiConfig) -> Decoder:
     """The decoder of every record of a stream, chosen once: data.precomputed's, or images'."""
-    return PrecomputedDecoder() if cfg.data.precomputed else ImageDecoder(DecodeOptions.from_config(cfg))
+    if cfg.data.precomputed:
+        return PrecomputedDecoder(PayloadLayout.from_config(cfg))
+    return ImageDecoder(DecodeOptions.from_config(cfg))
 
 
 def checked_shards(cfg: NamiConfig) -> list[Shard]:
@@ -36,12 +39,12 @@ def usable_shards(cfg: NamiConfig) -> list[Shard]:
     decoder, skipped = decoder_for(cfg), Counter()
     for shard in shards:
         fmt = format_of(shard)
-        for item in fmt.read(shard, key_column=cfg.data.key_column):
+        for item in fmt.read(shard, options=ReadOptions.from_data(cfg.data)):
             if isinstance(item, Failure):
                 skipped[item.reason] += 1
                 continue
             try:
-                decoder.decode(item, fmt.columnar, Counter())
+                decode_record(decoder, item, fmt.columnar, Counter())
                 return shards
             except Skip as skip:
                 skipped[skip.reason] += 1

@@ -1,5 +1,5 @@
-"""Precomputed shards (`nami data encode`, written by `encode.py`; data.precomputed): their layout, the decoder
-that reads them, and the checks that a directory of them fits the config.
+"""Precomputed shards (`nami data encode`, written by `encode.py`; data.precomputed): their layout and the decoder
+that reads them (`precomputed_dir.py` reads and checks a directory of them).
 
 A directory of precomputed shards holds webdataset tars `RRRRR_IIIIII.tar` (rank, index), one record per
 sample with three members sharing a base name (a counter: source keys may hold dots or slashes):
@@ -16,8 +16,9 @@ the empty prompt, which caption dropout swaps in during training). `encode-progr
 each rank's finished shards and stream position (resume; training refuses a directory that is not done).
 They are webdataset tars, so the `webdataset` format reads them and the same streaming reader (format ->
 decode -> stream -> collate) applies; only the decoder differs: `PrecomputedDecoder` turns a record into a
-`Sample` whose `image` is the latent and whose `text` is the stored `TextEmbedding` (one row). The stream
-chooses it once, from data.precomputed.
+`Sample` whose `image` is the latent and whose `text` is the stored `TextEmbedding` (one row), after checking
+the payload against the config's `PayloadLayout` (a tampered or damaged one is a counted skip, never a
+broken batch). The stream chooses it once, from data.precomputed.
 """
 
 from __future__ import annotations
@@ -25,22 +26,21 @@ from __future__ import annotations
 import json
 import posixpath
 import random
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-import fsspec
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from nami.config import ConfigError, NamiConfig
+from nami.config import NamiConfig
 from nami.text_embedding import TextEmbedding
 
-from .decode import caption_text, json_metadata
-from .formats.webdataset import WebDataset
-from .records import Record, Sample, Shard, Skip
+from .metadata import caption_text, json_metadata
+from .records import Record, Sample, Skip
 
 # "nami-encoded" is the name the meta file has always carried: directories written before stay readable.
 FORMAT, VERSION = "nami-encoded", 1
@@ -48,6 +48,7 @@ META_FILE = "nami-encode.json"
 UNCONDITIONAL_FILE = "unconditional.safetensors"
 PROGRESS_DIR = "encode-progress"
 PAYLOAD = "safetensors"  # member extension of the tensors
+SHARD_NAME = re.compile(r"\d{5}_\d{6}\.tar")  # RRRRR_IIIIII.tar
 TEXT_FIELDS = tuple(f.name for f in fields(TextEmbedding))  # stored as text_<field>
 # Keys that change what the autoencoder or the text encoder outputs (text_encoder.cache_size does not).
 ENCODER_KEYS = ("resolution",) + tuple(f"autoencoder.{k}" for k in (
@@ -91,12 +92,70 @@ def payload_text(tensors: dict[str, torch.Tensor]) -> TextEmbedding:
     return TextEmbedding(*(tensors[f"text_{k}"] for k in TEXT_FIELDS))
 
 
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)  # the storage dtypes `nami data encode` writes
+
+
+@dataclass(frozen=True)
+class PayloadLayout:
+    """The tensors a payload must hold for a config: latent (C, h, w) at full size, text states (L, D), mask
+    (L,) bool, pooled (P,), floats finite. The config was checked against the directory's nami-encode.json
+    (same resolution, autoencoder and text encoder), so its sizes are the directory's: a payload that differs
+    was tampered with or damaged, and would break the batch it joined (`torch.stack`) or the model."""
+
+    latent: tuple[int, int, int]
+    states: tuple[int, int]
+    pooled: int
+
+    @classmethod
+    def from_config(cls, cfg: NamiConfig) -> PayloadLayout:
+        t = cfg.text_encoder
+        return cls((cfg.autoencoder.channels, cfg.latent_size, cfg.latent_size), (t.max_length, t.dim), t.pooled_dim)
+
+    def problem(self, tensors: dict[str, torch.Tensor], batch: tuple[int, ...] = ()) -> str | None:
+        """What is wrong with a payload's tensors, or None. `batch`: a leading batch shape (the unconditional
+        file's (1,)), whose latent is empty."""
+        want = {"latent": (0,) if batch else self.latent, "text_states": batch + self.states,
+                "text_mask": batch + self.states[:1], "text_pooled": batch + (self.pooled,)}  # fmt: skip
+        if set(tensors) != set(want):
+            return f"tensors {sorted(tensors)}, expected {sorted(want)}"
+        for name, shape in want.items():
+            tensor = tensors[name]
+            if tuple(tensor.shape) != shape:
+                return f"{name} has shape {tuple(tensor.shape)}, expected {shape}"
+            if name == "text_mask":
+                if tensor.dtype != torch.bool:
+                    return f"text_mask is {tensor.dtype}, expected bool"
+            elif tensor.dtype not in FLOATS:
+                return f"{name} is {tensor.dtype}, expected one of float32, float16, bfloat16"
+            elif not bool(torch.isfinite(tensor).all()):
+                return f"{name} holds non-finite values"
+        return None
+
+
+def payload_crop(header: dict[str, str]) -> tuple[float, float, float, float] | None:
+    """The crop a payload's header records: None, or fractions (left, top, right, bottom) of the decoded image
+    with 0 <= left < right <= 1 and 0 <= top < bottom <= 1; ValueError otherwise."""
+    crop = json.loads(header.get("crop", "null"))
+    if crop is None:
+        return None
+    if not (isinstance(crop, list) and len(crop) == 4
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in crop)):  # fmt: skip
+        raise ValueError(f"crop {str(crop)[:80]} is not four numbers")
+    left, top, right, bottom = (float(x) for x in crop)
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise ValueError(f"crop {crop} is not a box inside the image")
+    return left, top, right, bottom
+
+
 @dataclass(frozen=True)
 class PrecomputedDecoder:
     """A precomputed record -> Sample(image=latent, text=stored embedding), or Skip with the same reasons as
-    image records (no payload: missing_image; a payload that does not parse: undecodable). The crop was taken
-    when encoding, so `rng` draws nothing; records are always tar members (`columnar` is False)."""
+    image records (no payload: missing_image; a payload that does not parse: undecodable), and bad_payload for
+    one that parses but does not fit `layout` or whose header is wrong: every payload is checked here, before
+    it reaches a batch. The crop was taken when encoding, so `rng` draws nothing; records are always tar
+    members (`columnar` is False)."""
 
+    layout: PayloadLayout
     latents: ClassVar[bool] = True
 
     def decode(self, record: Record, columnar: bool, repaired: Counter, rng: random.Random | None = None,
@@ -106,66 +165,21 @@ class PrecomputedDecoder:
             raise Skip("missing_image", f"no .{PAYLOAD} member")
         try:
             tensors, header = load_tensors(data), payload_header(data)
-            latent, text = tensors["latent"], payload_text(tensors)
         except Exception as err:  # noqa: BLE001 - a corrupt payload fails in many ways; all mean "skip"
             raise Skip("undecodable", f"{type(err).__name__}: {err}") from None
+        problem = self.layout.problem(tensors)
+        if problem is None:
+            try:
+                crop = payload_crop(header)
+            except ValueError as err:  # also json's errors
+                problem = str(err)
+        if problem is not None:
+            raise Skip("bad_payload", problem)
         fixes: Counter = Counter()  # repairs count only for samples that are kept
         caption = caption_text(record.fields.get("txt"), fixes)
         if caption is None:
             raise Skip("no_caption")
         metadata = json_metadata(record.fields, fixes)
         repaired.update(fixes)
-        crop = json.loads(header.get("crop", "null"))
-        return Sample(header.get("key", record.key), latent, caption, metadata, epoch,
-                      tuple(crop) if crop else None, text)  # fmt: skip
-
-
-# ---- a directory ----------------------------------------------------------------------------------------
-def read_json(url: str) -> dict | None:
-    """A JSON file by path or fsspec URL, None when it does not exist."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r", encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _directories(shards: list[Shard]) -> list[str]:
-    return list(dict.fromkeys(posixpath.dirname(s.url) or "." for s in shards))
-
-
-def check_precomputed(cfg: NamiConfig, shards: list[Shard]) -> None:
-    """Refuse, in one ConfigError line, precomputed shards this config cannot train from: not written by
-    `nami data encode`, not finished, or encoded with another autoencoder / text encoder / resolution."""
-    want = encoder_fingerprint(cfg)
-    for shard in shards:
-        if shard.format != WebDataset.name:
-            raise ConfigError("data.precomputed", f"{shard.url}: precomputed shards are the .tar files of "
-                                                  "`nami data encode`")  # fmt: skip
-    for root in _directories(shards):
-        meta = read_json(posixpath.join(root, META_FILE))
-        if meta is None or meta.get("format") != FORMAT:
-            raise ConfigError("data.shards", f"{root} has no {META_FILE}: data.precomputed=true reads the output "
-                                             "of `nami data encode CONFIG --out DIR`")  # fmt: skip
-        for key, value in want.items():
-            stored = meta["encoder"].get(key)
-            if stored != value:
-                raise ConfigError(key, f"is {value!r} but the precomputed shards in {root} were encoded with "
-                                       f"{stored!r}; re-encode them or set {key}={stored}")  # fmt: skip
-        for rank in range(int(meta["world_size"])):
-            progress = read_json(progress_path(root, rank))
-            if not progress or not progress.get("done"):
-                raise ConfigError("data.shards", f"{root}: encoding is not finished (rank {rank} of "
-                                                 f"{meta['world_size']}); run `nami data encode ... --rank {rank}` "
-                                                 "again to complete it")  # fmt: skip
-
-
-def load_unconditional(shards: list[Shard]) -> TextEmbedding:
-    """The stored embedding of the empty prompt: states (1, L, D), mask (1, L), pooled (1, P)."""
-    root = _directories(shards)[0]
-    url = posixpath.join(root, UNCONDITIONAL_FILE)
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        raise ConfigError("data.shards", f"{root} has no {UNCONDITIONAL_FILE} (written by `nami data encode`)")
-    with fs.open(path, "rb") as handle:
-        return payload_text(load_tensors(handle.read()))
+        return Sample(header.get("key", record.key), tensors["latent"], caption, metadata, epoch, crop,
+                      payload_text(tensors))  # fmt: skip

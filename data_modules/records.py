@@ -2,7 +2,7 @@
 `Record`s (undecoded samples) and `Failure`s (what went wrong in a shard), the decoded `Sample`, and `Skip`
 (a record that is dropped) with the reasons skips and repairs are counted by.
 
-A leaf: it imports nothing else of `data_modules`, so formats, decoders, the stream and the batch builder all
+A leaf: it imports nothing else of `data_modules` (only the config's `DataConfig`), so formats, decoders, the stream and the batch builder all
 import it and never each other in a circle.
 
 Ownership (`owned`): a shard's records are numbered 0, 1, ... in reading order; a reader owns those with
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from nami.config import DataConfig
 
 if TYPE_CHECKING:
     import torch
@@ -29,10 +31,14 @@ SKIP_REASONS = (
     "too_small",  # shorter side < data.min_size
     "too_large",  # more pixels than data.max_pixels (decompression bomb), rejected before decoding
     "no_caption",  # no .txt, no json[data.caption_column], no caption column (or only whitespace)
+    "too_large_member",  # a tar member or a row's value above data.max_member_bytes: refused before it is read
+    "sparse_member",  # a GNU sparse tar member (no webdataset writer makes one; its holes would read as zeros)
+    "bad_payload",  # precomputed: tensors or header unlike what nami-encode.json and the config say
 )
 REPAIR_REASONS = (
-    "caption_not_utf8",  # kept, invalid bytes replaced by U+FFFD
-    "bad_json",  # kept, metadata {} (the caption then comes from .txt)
+    "caption_not_utf8",  # kept, invalid bytes (or lone surrogates) replaced by U+FFFD
+    "caption_truncated",  # kept, cut to MAX_CAPTION_BYTES (metadata.py) on a character boundary
+    "bad_json",  # kept, metadata {}: not JSON, too large or too deep (the caption then comes from .txt)
 )
 
 
@@ -62,7 +68,9 @@ class Record:
 
 @dataclass
 class Failure:
-    """A problem in the stream: `bad_shard` (cannot be opened) or `truncated` (unreadable from `index` on)."""
+    """A problem in the stream: `bad_shard` (cannot be opened), `truncated` (unreadable from `index` on), or
+    one record the reader refused (`too_large_member`, `sparse_member`: unread) or could not turn into Python
+    values (`undecodable`); after those the stream goes on with the next record."""
 
     reason: str
     index: int
@@ -93,6 +101,21 @@ class Sample:
     epoch: int = 0
     crop: tuple[float, float, float, float] | None = None
     text: TextEmbedding | None = None
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a format's reader takes from the config (`data.*`): the key column of row formats, and the most
+    bytes one member or row value may hold (`data.max_member_bytes`); a larger one is refused before it is
+    read (`too_large_member`), so no single record allocates more than that bound in the reader."""
+
+    key_column: str = "key"
+    max_member_bytes: int = DataConfig.max_member_bytes  # its default
+
+    @classmethod
+    def from_data(cls, data) -> ReadOptions:
+        """The options of a config's `data` section."""
+        return cls(data.key_column, data.max_member_bytes)
 
 
 def owned(index: int, stride: int, offset: int, start: int) -> bool:

@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nami.flow import StageMix
 
 from .collate import BatchPlan, StageBatch, make_batch
-from .decode import Decoder
+from .decode import Decoder, decode_record
 from .formats import format_of
 from .inputs import decoder_for
-from .records import Failure, Record, Sample, Shard, Skip
+from .records import Failure, ReadOptions, Record, Sample, Shard, Skip
 from .split import Piece, worker_pieces
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class StreamSpec:
     train: bool = True  # random crops (else centred)
     repeat: bool = True  # epochs forever (training) or one epoch (check, eval, bench)
     flush: bool = False  # a finite stream ends with a batch (maybe empty) carrying its final counts
-    key_column: str = "key"
+    read: ReadOptions = ReadOptions()
     tag: str = "train"
 
     @classmethod
@@ -89,7 +89,7 @@ class StreamSpec:
             shuffle_block=d.shuffle_buffer if train else 0,
             train=train,
             repeat=train,
-            key_column=d.key_column,
+            read=ReadOptions.from_data(d),
             tag="train" if train else "eval",
         )
         return cls(**{**base, **kw})
@@ -198,7 +198,7 @@ class ShardStream(IterableDataset):
         size = max(spec.shuffle_block, 1)
         shard = spec.shards[piece.shard]
         fmt = format_of(shard)
-        items = fmt.read(shard, piece.stride, piece.offset, state.block * size, spec.key_column)
+        items = fmt.read(shard, piece.stride, piece.offset, state.block * size, spec.read)
         while block := list(islice(items, size)):
             order = list(range(len(block)))
             if spec.shuffle_block:
@@ -215,14 +215,14 @@ class ShardStream(IterableDataset):
         if isinstance(item, Failure):
             if (item.reason, item.shard) not in self._warned:  # epochs repeat: say it once, count it every time
                 self._warned.add((item.reason, item.shard))
-                detail = item.detail.splitlines()[0] if item.detail else ""
+                detail = item.detail.splitlines()[0][:300] if item.detail else ""
                 log.warning("skipping %s at record %d of %s: %s (warned once per shard; counted as data/skipped_%s)",
                             item.reason, item.index, item.shard, detail, item.reason)  # fmt: skip
             state.skipped[item.reason] += 1
             return None
         rng = random.Random(f"crop:{self.spec.seed}:{state.epoch}:{item.key}") if self.spec.train else None
         try:
-            return self.spec.decoder.decode(item, columnar, state.repaired, rng, state.epoch)
+            return decode_record(self.spec.decoder, item, columnar, state.repaired, rng, state.epoch)
         except Skip as skip:
             log.debug("skipping %s (%s): %s", item.key, item.shard, skip)
             state.skipped[skip.reason] += 1

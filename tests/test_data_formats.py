@@ -36,7 +36,7 @@ class SidecarFolder:
                 raise ConfigError("data.shards", f"{folder} is not a folder")
         return [Shard(str(folder), self.name) for folder in folders]
 
-    def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0, key_column: str = "key"):
+    def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0, options=None):
         try:
             images = sorted(p for p in Path(shard.url).iterdir() if p.suffix in IMAGE_SUFFIXES)
         except OSError as err:

@@ -18,7 +18,7 @@ from typing import Any
 from nami.config import ConfigError, DataConfig
 from nami.registry import DATA_FORMATS
 
-from ..records import Failure, Record, Shard
+from ..records import Failure, ReadOptions, Record, Shard
 from ..sources import has_suffix, list_files
 from . import hf, parquet, webdataset  # noqa: F401 - registers the built-in formats
 from .base import FileFormat, Format, register_format
@@ -52,9 +52,9 @@ def resolve_shards(spec: Any, fmt: str = AUTO) -> list[Shard]:
 
 
 def read_records(shard: Shard, stride: int = 1, offset: int = 0, start: int = 0,
-                 key_column: str = "key") -> Iterator[Record | Failure]:  # fmt: skip
+                 options: ReadOptions = ReadOptions()) -> Iterator[Record | Failure]:  # fmt: skip
     """The records of `shard` a reader owns (see `Format.read`), read by the shard's format."""
-    return format_of(shard).read(shard, stride, offset, start, key_column)
+    return format_of(shard).read(shard, stride, offset, start, options)
 
 
 def _by_file_name(spec: Any) -> list[Shard]:

@@ -18,7 +18,9 @@ every stride-th record, `decode(False)` hands over the image bytes undecoded, an
 
 Records are numbered 0, 1, ... within a library shard; a reader owns `index % stride == offset` from its
 `start`-th owned record on (the contract of `Format.read`). Records are rows by column, as parquet's are:
-decoding, skips and counters are the kit's (`decode.py`).
+decoding, skips and counters are the kit's (`decode.py`). Bounds: a row above data.max_member_bytes is refused
+before it becomes Python objects (`rows.py`), and an image read by path is read up to the bound; how the
+library itself reads its files (parquet pages, json lines) is the library's.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 
 from nami.config import ConfigError
 
-from ..records import Failure, Record, Shard, reports_bad_shard
+from ..records import Failure, ReadOptions, Record, Shard, reports_bad_shard
 from ..sources import open_shard, shard_patterns
-from .base import register_format
+from .base import read_bounded, register_format
+from .rows import table_records
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,8 @@ class HuggingFace:
         return resolve_hf(spec, data.hf_split, data.hf_name, data.image_column, data.caption_column)
 
     def read(self, shard: Shard, stride: int = 1, offset: int = 0, start: int = 0,
-             key_column: str = "key") -> Iterator[Record | Failure]:  # fmt: skip
-        return hf_records(shard, stride, offset, start, key_column)
+             options: ReadOptions = ReadOptions()) -> Iterator[Record | Failure]:  # fmt: skip
+        return hf_records(shard, stride, offset, start, options)
 
 
 def resolve_hf(spec: Any, split: str, name: str | None, image_column: str, caption_column: str) -> list[Shard]:
@@ -161,28 +164,36 @@ def resolve_hf(spec: Any, split: str, name: str | None, image_column: str, capti
     return shards
 
 
-def _image_bytes(value: Any) -> Any:
+def _image_bytes(value: Any, limit: int) -> Any:
     """The Image feature's {"bytes", "path"} as bytes: the stored bytes, else the file at `path` (folder
     datasets keep only paths: local files, or hf:// / chained URLs when streamed from the hub, which fsspec
-    opens). None (counted as missing_image) when there is neither or the file cannot be read. Read here, not
-    by `datasets`, because its reader raises on one unreadable file; a plain binary column passes through."""
+    opens), read up to `limit` bytes (a larger file: `_TooLarge`). None (counted as missing_image) when there is
+    neither or the file cannot be read. Read here, not by `datasets`, because its reader raises on one unreadable file; any
+    other value (a plain binary column, or a wrong type the decoder reports) passes through."""
     if not isinstance(value, dict):
         return value
     if value.get("bytes") is not None:
         return value["bytes"]
     path = value.get("path")
-    if not path:
+    if not isinstance(path, str) or not path:
         return None
     try:
         with open_shard(path) as f:
-            return f.read()
-    except (OSError, ValueError) as err:
+            data = read_bounded(f, limit)
+    except Exception as err:  # noqa: BLE001 - fsspec raises OS, value and protocol errors for a bad path
         log.debug("cannot read image %s: %s", path, err)
         return None
+    if data is None:
+        raise _TooLarge(f"image {path} is larger than data.max_member_bytes")
+    return data
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def hf_records(
-    shard: Shard, stride: int = 1, offset: int = 0, start: int = 0, key_column: str = "key"
+    shard: Shard, stride: int = 1, offset: int = 0, start: int = 0, options: ReadOptions = ReadOptions()
 ) -> Iterator[Record | Failure]:
     """The records of library shard `shard.part` this reader owns, from its `start`-th on, then a failure."""
     from datasets.distributed import split_dataset_by_node
@@ -204,6 +215,10 @@ def hf_records(
     while True:
         try:
             table = next(batches, None)
+            if table is not None:
+                indices = list(range(index, index + stride * table.num_rows, stride))
+                items = list(table_records(table, indices, shard.url, options.key_column, options.max_member_bytes,
+                                           lambda i: f"{shard.url}:{i}"))  # fmt: skip
         except Exception as err:  # noqa: BLE001 - a corrupt file surfaces as any of the readers' errors
             # Every reader of the shard stops at the same table; the owner of index 0 reports it, once: as
             # bad_shard when nothing of the shard could be read, else as truncated at its next record.
@@ -217,10 +232,12 @@ def hf_records(
         if table is None:
             return
         tables += 1
-        for row in table.to_pylist():
-            value = row.get(key_column)
-            key = str(value) if value is not None else f"{shard.url}:{index}"
-            if origin.image_column in row:
-                row[origin.image_column] = _image_bytes(row[origin.image_column])
-            yield Record(key, index, shard.url, row)
-            index += stride
+        index += stride * table.num_rows
+        for item in items:
+            if isinstance(item, Record) and origin.image_column in item.fields:
+                try:
+                    item.fields[origin.image_column] = _image_bytes(item.fields[origin.image_column],
+                                                                    options.max_member_bytes)  # fmt: skip
+                except _TooLarge as err:
+                    item = Failure("too_large_member", item.index, shard.url, str(err))
+            yield item

@@ -4,6 +4,11 @@
 pyarrow directly rather than through `datasets`' parquet streaming (which wraps it): row-group metadata lets a
 resumed reader jump to its row without reading what comes before, and only the rows this reader owns are
 converted to Python. A record is one row, numbered in file order.
+
+Bounds (data.max_member_bytes, `rows.py`): a row group whose footer declares more uncompressed bytes than the
+bound times its row count cannot be made of rows within the bound; its rows are `too_large_member`, unread.
+Otherwise a row above the bound is refused before it becomes Python objects. pyarrow decompresses a page
+whole, so inside an accepted group what one row costs is bounded by the group's declared size, not per row.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..records import Failure, Record, Shard, owned, reports_bad_shard
+from ..records import Failure, ReadOptions, Record, Shard, owned, reports_bad_shard
 from .base import FileFormat, register_format
+from .rows import table_records
 
 PARQUET_BATCH_ROWS = 256  # rows converted to Python at a time (bounds memory inside big row groups)
 
@@ -25,42 +31,50 @@ class Parquet(FileFormat):
     columnar = True
 
     def read_file(self, fileobj, shard: Shard, stride: int, offset: int, start: int,
-                  key_column: str) -> Iterator[Record | Failure]:  # fmt: skip
-        yield from _rows(fileobj, shard, stride, offset, start, key_column)
+                  options: ReadOptions) -> Iterator[Record | Failure]:  # fmt: skip
+        yield from _rows(fileobj, shard, stride, offset, start, options)
 
 
 def _rows(fileobj, shard: Shard, stride: int, offset: int, start: int,
-          key_column: str) -> Iterator[Record | Failure]:  # fmt: skip
-    import pyarrow as pa
+          options: ReadOptions) -> Iterator[Record | Failure]:  # fmt: skip
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(fileobj)
-    except (pa.ArrowException, OSError) as err:
+        groups = [pf.metadata.row_group(g) for g in range(pf.num_row_groups)]
+    except Exception as err:  # noqa: BLE001 - a corrupt footer raises Arrow, OS and value errors alike
         if reports_bad_shard(offset, start):
-            yield Failure("bad_shard", -1, shard.url, str(err))
+            yield Failure("bad_shard", -1, shard.url, f"{type(err).__name__}: {err}")
         return
     first = offset + start * stride  # raw index of the first owned row
+    limit = options.max_member_bytes
     row0 = 0
-    for group in range(pf.num_row_groups):
-        rows = pf.metadata.row_group(group).num_rows
+    for group, meta in enumerate(groups):
+        rows = meta.num_rows
         if row0 + rows <= first:  # resume: jump over whole row groups without reading them
             row0 += rows
             continue
-        try:
-            for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+        if meta.total_byte_size > limit * max(rows, 1):
+            detail = f"row group {group} declares {meta.total_byte_size} bytes for {rows} rows"
+            for i in range(max(row0, first), row0 + rows):
+                if owned(i, stride, offset, start):
+                    yield Failure("too_large_member", i, shard.url, detail)
+            row0 += rows
+            continue
+        batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group])
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 idx = np.arange(row0, row0 + batch.num_rows)
                 keep = np.nonzero((idx % stride == offset) & (idx >= first))[0]
-                row0 += batch.num_rows
-                if not len(keep):
-                    continue
-                for i, row in zip(idx[keep].tolist(), batch.take(keep).to_pylist()):
-                    value = row.get(key_column)
-                    key = str(value) if value is not None else f"{shard.url}:{i}"
-                    yield Record(key, i, shard.url, row)
-        except (pa.ArrowException, OSError) as err:
-            # A corrupt page: the rest of the file cannot be trusted. Every reader stops at the same row;
-            # its owner reports it, once.
-            if owned(row0, stride, offset, start):
-                yield Failure("truncated", row0, shard.url, str(err))
-            return
+                items = list(table_records(batch.take(keep), idx[keep].tolist(), shard.url, options.key_column,
+                                           limit, lambda i: f"{shard.url}:{i}")) if len(keep) else []  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - a corrupt page raises Arrow, OS and value errors alike
+                # The rest of the file cannot be trusted. Every reader stops at the same row; its owner reports it.
+                if owned(row0, stride, offset, start):
+                    yield Failure("truncated", row0, shard.url, f"{type(err).__name__}: {err}")
+                return
+            row0 += batch.num_rows
+            yield from items

@@ -156,6 +156,13 @@ class DataConfig:
     min_size: int | None = None  # skip images whose shorter side is below this (None: resolution // 8; 0: none)
     precomputed: bool = False  # shards written by `nami data encode`: stored latents and text states
     max_pixels: int = 64_000_000  # skip images with more pixels (decompression bombs), before decoding
+    # Skip a sample holding more bytes than this (a tar record's members together, a parquet / hf row) before
+    # it is read (too_large_member): what one record may allocate in a reader. 64 MiB holds any web photo within
+    # max_pixels (a 64-megapixel JPEG is 20-40 MB) and any precomputed payload of the shipped configs (2048 px,
+    # 16-channel fp32 latent plus 256 x 4096 text states: 8 MB), while a hostile member (a 24 KB sparse tar or
+    # a 1.5 MB .tar.gz expanding to 1.5 GB) costs one skip. Raise it for big lossless images (a 64-megapixel
+    # PNG can reach 190 MB).
+    max_member_bytes: int = 64 * 2**20
     shuffle_buffer: int = 1000  # 0: no shuffle; n: shard order per epoch + seeded shuffle of n-record blocks
     # Aspect-ratio buckets (nami.config.buckets): square (resolution x resolution only), auto (about resolution^2
     # pixels, 1:4 to 4:1, every stage grid whole) or a list of [height, width] in pixels. Typed Any: a string or

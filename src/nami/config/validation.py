@@ -254,7 +254,7 @@ def _check_data(d: DataConfig) -> None:
     for key in ("num_workers", "min_size", "shuffle_buffer"):
         if getattr(d, key) is not None and getattr(d, key) < 0:
             raise ConfigError(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
-    for key in ("batch_size", "max_pixels"):
+    for key in ("batch_size", "max_pixels", "max_member_bytes"):
         if getattr(d, key) < 1:
             raise ConfigError(f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
     for key in ("key_column", "caption_column", "image_column"):

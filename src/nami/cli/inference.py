@@ -15,6 +15,7 @@ from ..artifacts.layout import SAMPLES
 from ..config import ConfigError, NamiConfig
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED
 from .common import positive_int
+from .prompt_files import add_prompt_file_args
 
 
 def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> NamiConfig:
@@ -47,6 +48,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..artifacts.weights import weights_home
     from ..sampling.images import write_samples
 
+    if args.prompts is not None or not args.prompt:
+        from .prompt_files import cmd_sample_prompts
+
+        return cmd_sample_prompts(args)
     for prompt in args.prompt:
         try:
             prompt.encode("utf-8")
@@ -101,18 +106,23 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     sample = sub.add_parser("sample", help=cmd_sample.__doc__.splitlines()[0])
     _config_args(sample)
-    sample.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    sample.add_argument("--prompt", action="append", help="repeat for several prompts")
     sample.add_argument("--out", help="where the numbered directory of this call goes (default: the weights' "
-                                      "directory/samples); earlier samples are never replaced")
+                                      "directory/samples); earlier samples are never replaced. With --prompts: "
+                                      "the directory the layout is written to (run again to continue it)")
+    add_prompt_file_args(sample)
     sample.add_argument("--steps", help="per-stage Euler steps, e.g. 10,10,10 (sets sampler.steps)")
     sample.add_argument("--guidance", "--cfg", type=float, dest="guidance",
                         help="classifier-free guidance scale (sets sampler.guidance)")
-    sample.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    sample.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (with --prompts: every image's "
+                                                            "seed derives from it, see nami.sampling.prompts)")
     sample.add_argument("--stages", action="store_true",
                         help="also write each stage's start, end and predicted clean image")
     sample.add_argument("--batch-size", type=positive_int, default=16)
     sample.set_defaults(func=cmd_sample)
-    evaluate = sub.add_parser("eval", help=cmd_eval.__doc__.splitlines()[0])
+    evaluate = sub.add_parser("eval", help=cmd_eval.__doc__.splitlines()[0],
+                              epilog="nami eval fid DIR REFERENCE --weights W and nami eval clip DIR --clip C score "
+                                     "image folders instead (nami eval fid --help)")  # fmt: skip
     _config_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.add_argument("--num", type=positive_int, help="prompts per category (default eval.per_category)")

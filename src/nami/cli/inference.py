@@ -15,7 +15,7 @@ from ..artifacts.layout import SAMPLES
 from ..config import ConfigError, NamiConfig
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED
 from .common import positive_int
-from .prompt_files import add_prompt_file_args
+from .prompt_files import add_prompt_file_args, cmd_sample_prompts
 
 
 def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> NamiConfig:
@@ -49,9 +49,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..sampling.images import write_samples
 
     if args.prompts is not None or not args.prompt:
-        from .prompt_files import cmd_sample_prompts
-
-        return cmd_sample_prompts(args)
+        return cmd_sample_prompts(args, config_for_checkpoint, pipeline_with_adapters)
     for prompt in args.prompt:
         try:
             prompt.encode("utf-8")

@@ -27,25 +27,24 @@ def _device(text: str | None) -> str:
 
 def cmd_fid(args: argparse.Namespace) -> int:
     """FID of a folder against a reference folder or precomputed statistics (.npz)."""
+    from ..artifacts.files import write_atomically
     from ..config import ConfigError
-    from ..eval.fid import folder_statistics, frechet_distance, load_inception, reference_statistics
+    from ..eval.fid import folder_statistics, frechet_distance, image_files, load_inception, reference_statistics
 
     if args.reference is None and args.save_stats is None:
         raise ConfigError("REFERENCE", "give a reference folder or .npz statistics (or --save-stats FILE to only "
                                        "write DIR's statistics)")  # fmt: skip
     if args.save_stats is not None and not str(args.save_stats).endswith(".npz"):
         raise ConfigError("--save-stats", f"{args.save_stats}: statistics are written as .npz")
-    from ..eval.fid import image_files
-
-    image_files(args.dir, "DIR")  # a bad folder costs nothing: checked before the network is built
+    files = sample_files(args.dir)  # bad folders cost nothing: checked before the network is built
     if args.reference is not None and not str(args.reference).endswith(".npz"):
         image_files(args.reference, "REFERENCE")
     device = _device(args.device)
     network = load_inception(args.weights, "--weights")
-    generated = folder_statistics(args.dir, network, args.batch_size, device, "DIR")
+    generated = folder_statistics(files, network, args.batch_size, device, "DIR")
     report = {"images": generated.count}
     if args.save_stats is not None:
-        report["statistics"] = str(generated.save(args.save_stats))
+        report["statistics"] = str(write_atomically(args.save_stats, generated.save))
     if args.reference is not None:
         reference = reference_statistics(args.reference, network, args.batch_size, device, "REFERENCE")
         report.update(fid=frechet_distance(reference, generated), reference_images=reference.count or None)
@@ -59,11 +58,23 @@ def cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample_files(folder) -> list:
+    """The images of DIR: those its index.jsonl lists when `nami sample --prompts` wrote it (so DPG-Bench grids
+    are not counted with the single images), else every image file below it."""
+    from ..eval.fid import check_image_count, image_files
+    from ..sampling.layouts import INDEX, read_index
+
+    if (folder / INDEX).is_file():
+        return check_image_count([row["path"] for row in read_index(folder, "DIR")], folder, "DIR")
+    return image_files(folder, "DIR")
+
+
 def cmd_clip(args: argparse.Namespace) -> int:
     """CLIP score (torchmetrics: mean of 100 * max(cos, 0)) of a folder's images against their prompts."""
     from ..config import ConfigError
-    from ..eval.fid import prompted_images, read_rgb
+    from ..eval.fid import read_rgb
     from ..eval.metrics import clip_score
+    from ..sampling.layouts import prompted_images
 
     pairs = prompted_images(args.dir, "DIR")
     if not (args.clip / "config.json").is_file():

@@ -24,10 +24,10 @@ def add_prompt_file_args(parser: argparse.ArgumentParser) -> None:
                              "one grid image per prompt id) or flat (numbered files + index.jsonl)")  # fmt: skip
 
 
-def cmd_sample_prompts(args: argparse.Namespace) -> int:
+def cmd_sample_prompts(args: argparse.Namespace, config_for_checkpoint, pipeline_with_adapters) -> int:
+    """`nami sample --prompts`; the two functions are cli.inference's (the config and pipeline of --ckpt)."""
     from ..sampling.layouts import PromptRun, run_prompt_file, sampling_record
     from ..sampling.prompts import read_prompts
-    from .inference import config_for_checkpoint, pipeline_with_adapters
 
     if args.prompts is None:
         raise ConfigError("--prompt", "give --prompt TEXT (repeatable) or --prompts FILE")

@@ -41,16 +41,15 @@ WEIGHTS_HELP = "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or i
 def load_inception(path: str | Path, key: str = "--weights") -> torch.nn.Module:
     """The FID Inception network over the weights in `path` (module docstring); a file that is not those
     weights (another network, the wrong shapes, NaN) is one ConfigError line naming `key`."""
-    from ..artifacts.files import check_finite, load_safetensors, load_torch_file
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, f"FID Inception weights {path} do not exist ({WEIGHTS_HELP})")
-    state = load_safetensors(path, key) if path.suffix == ".safetensors" else load_torch_file(path, key)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(key, f"{path} is not a state dict of tensors ({WEIGHTS_HELP})")
+    state = _read_state(path, key)
     for name, tensor in state.items():
-        check_finite(tensor, name, path, key, floating=not name.endswith("num_batches_tracked"))
+        if name.endswith("num_batches_tracked"):
+            continue
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(key, f"{path}: {name} is not finite floating-point weights ({tensor.dtype})")
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError:
@@ -64,6 +63,23 @@ def load_inception(path: str | Path, key: str = "--weights") -> torch.nn.Module:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
         raise ConfigError(key, f"{path} are not the FID Inception weights ({detail[:160]})") from None
+
+
+def _read_state(path: Path, key: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a .safetensors file or a torch.save archive (weights_only=True: data only)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many kinds for a damaged file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ConfigError(key, f"{path} is not a readable weights file ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(key, f"{path} is not a state dict of tensors ({WEIGHTS_HELP})")
+    return state
 
 
 @dataclass
@@ -80,14 +96,10 @@ class FidStatistics:
         features = np.asarray(features, np.float64)
         return cls(features.mean(0), np.cov(features, rowvar=False), len(features), features)
 
-    def save(self, path: Path) -> Path:
-        from ..artifacts.files import write_atomically
-
-        def write(partial: Path) -> None:
-            with open(partial, "wb") as handle:  # a file object: np.savez would add .npz to the partial name
-                np.savez(handle, mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
-
-        return write_atomically(Path(path), write)
+    def save(self, path: Path) -> None:
+        """As .npz (mu, sigma, count) to `path` exactly (np.savez would add .npz to a name without it)."""
+        with open(path, "wb") as handle:
+            np.savez(handle, mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
 
     @classmethod
     def load(cls, path: Path, key: str = "REFERENCE") -> "FidStatistics":
@@ -133,19 +145,17 @@ def _trace_sqrt_product(a: FidStatistics, b: FidStatistics) -> float:
 
 
 def image_files(folder: str | Path, key: str = "DIR") -> list[Path]:
-    """The images FID reads from `folder`: those listed in its index.jsonl when `nami sample --prompts` wrote
-    it (so DPG-Bench grids are not counted twice), else every .png / .jpg / .jpeg / .webp below it, sorted
-    (hidden files, such as partial writes, left out). Fewer than two is one line naming `key`."""
-    from ..sampling.layouts import INDEX, read_index
-
+    """Every .png / .jpg / .jpeg / .webp below `folder`, sorted (hidden files, such as partial writes, left
+    out); fewer than two is one line naming `key`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(key, f"image folder {folder} does not exist")
-    if (folder / INDEX).is_file():
-        files = [row["path"] for row in read_index(folder, key)]
-    else:
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+    return check_image_count(files, folder, key)
+
+
+def check_image_count(files: list[Path], folder: Path, key: str) -> list[Path]:
     if not files:
         raise ConfigError(key, f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if len(files) < 2:
@@ -190,9 +200,9 @@ def inception_features(network: torch.nn.Module, images: Iterable[Any], batch_si
     return torch.cat(out).numpy() if out else np.zeros((0, FEATURES), np.float32)
 
 
-def folder_statistics(folder: str | Path, network: torch.nn.Module, batch_size: int = 32,
+def folder_statistics(files: list[Path], network: torch.nn.Module, batch_size: int = 32,
                       device: str | torch.device = "cpu", key: str = "DIR") -> FidStatistics:  # fmt: skip
-    files = image_files(folder, key)
+    """Statistics of image files (`image_files`, or the images a sample directory's index lists)."""
     return FidStatistics.of(inception_features(network, (read_rgb(p, key) for p in files), batch_size, device))
 
 
@@ -204,32 +214,5 @@ def reference_statistics(reference: str | Path, network: torch.nn.Module, batch_
         if not reference.is_file():
             raise ConfigError(key, f"FID statistics {reference} do not exist")
         return FidStatistics.load(reference, key)
-    return folder_statistics(reference, network, batch_size, device, key)
+    return folder_statistics(image_files(reference, key), network, batch_size, device, key)
 
-
-def prompted_images(folder: str | Path, key: str = "DIR") -> list[tuple[Path, str]]:
-    """(image, prompt) pairs of a folder written by `nami sample --prompts` (its index.jsonl, any layout) or in
-    GenEval's layout (`<digits>/metadata.jsonl` with a "prompt", images `<digits>/samples/<digits>.png`), in order."""
-    import json
-    import re
-
-    from ..sampling.layouts import INDEX, read_index
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(key, f"image folder {folder} does not exist")
-    if (folder / INDEX).is_file():
-        return [(row["path"], str(row["prompt"])) for row in read_index(folder, key)]
-    pairs = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
-        try:
-            prompt = json.loads((sub / "metadata.jsonl").read_text())["prompt"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigError(key, f"{sub}/metadata.jsonl holds no prompt") from None
-        samples = sub / "samples"
-        names = sorted(p.name for p in samples.iterdir()) if samples.is_dir() else []
-        pairs += [(samples / name, str(prompt)) for name in names if re.match(r"\d+\.png", name)]
-    if not pairs:
-        raise ConfigError(key, f"{folder} holds no prompted images: neither an {INDEX} (nami sample --prompts) nor "
-                               "GenEval's <digits>/metadata.jsonl + samples/<digits>.png")  # fmt: skip
-    return pairs

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,27 @@ def read_index(out: Path, key: str = "DIR") -> list[dict[str, Any]]:
         except (ValueError, KeyError, TypeError):
             raise ConfigError(key, f"{index}:{number} is not an index line") from None
     return rows
+
+
+def prompted_images(folder: str | Path, key: str = "DIR") -> list[tuple[Path, str]]:
+    """(image, prompt) pairs of a folder written by `nami sample --prompts` (its index.jsonl, any layout) or in
+    GenEval's layout (`<digits>/metadata.jsonl` with a "prompt", images `<digits>/samples/<digits>.png`, walked
+    as GenEval's evaluate_images.py walks it), in order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(key, f"image folder {folder} does not exist")
+    if (folder / INDEX).is_file():
+        return [(row["path"], str(row["prompt"])) for row in read_index(folder, key)]
+    pairs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
+        try:
+            prompt = json.loads((sub / "metadata.jsonl").read_text())["prompt"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(key, f"{sub}/metadata.jsonl holds no prompt") from None
+        samples = sub / "samples"
+        names = sorted(p.name for p in samples.iterdir() if p.is_file()) if samples.is_dir() else []
+        pairs += [(samples / name, str(prompt)) for name in names if re.match(r"\d+\.png", name)]
+    if not pairs:
+        raise ConfigError(key, f"{folder} holds no prompted images: neither an {INDEX} (nami sample --prompts) nor "
+                               "GenEval's <digits>/metadata.jsonl + samples/<digits>.png")  # fmt: skip
+    return pairs

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..artifacts.layout import SAMPLES
+from ..artifacts.layout import EVALS, SAMPLES
 from ..config import ConfigError, NamiConfig
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED
 from .common import positive_int
@@ -75,17 +75,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """GenEval-Shapes score per category over a fixed seeded prompt set (+ FID / CLIPScore with weights)."""
-    from ..eval.report import evaluate_pipeline, format_eval
+    from ..artifacts.files import numbered_directory
+    from ..artifacts.weights import weights_home
+    from ..eval.report import format_eval, sample_and_score
 
     if args.num is not None and args.num > MAX_PROMPTS_PER_CATEGORY:
         raise ConfigError("--num", f"must be at most {MAX_PROMPTS_PER_CATEGORY:,} prompts per category, got {args.num:,}")
+    if args.out and not args.save_images:
+        raise ConfigError("--out", "is where --save-images writes; add --save-images")
     cfg = config_for_checkpoint(args, list(args.overrides))
-    report = evaluate_pipeline(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
+    # the output directory first: a bad --out costs nothing
+    out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / EVALS) if args.save_images else None
+    report, images = sample_and_score(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
+    if out is not None:
+        report["saved"] = str(save_scored_images(out, images, report, cfg.eval.seed))
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "results" or args.per_image}))
     else:
         print(format_eval(report))
     return 0
+
+
+def save_scored_images(out: Path, images, report: dict, seed: int) -> Path:
+    """Into `out`: image i as <i:05d>.png, results.jsonl (one line per image: file, seed and its scores: category,
+    prompt, correct, reason, detections) and report.json (the summary). Returns `out`."""
+    from ..artifacts.files import write_atomically
+    from ..sampling.images import save_png
+
+    lines = []
+    for i, (image, result) in enumerate(zip(images, report["results"], strict=True)):
+        name = f"{i:05d}.png"
+        write_atomically(out / name, lambda p, image=image: save_png(image, p))
+        lines.append(json.dumps({"file": name, "seed": seed + i, **result}))
+    write_atomically(out / "results.jsonl", lambda p: p.write_text("\n".join(lines) + "\n"))
+    summary = {k: v for k, v in report.items() if k != "results"}
+    write_atomically(out / "report.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    return out
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -125,4 +150,8 @@ def add_commands(sub) -> None:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.add_argument("--num", type=positive_int, help="prompts per category (default eval.per_category)")
     evaluate.add_argument("--per-image", action="store_true", help="with --json: include every image's result")
+    evaluate.add_argument("--save-images", action="store_true",
+                          help="keep every scored image, with results.jsonl (per-image scores) and report.json, "
+                               "in a new numbered directory under --out (default: the weights' directory/eval)")
+    evaluate.add_argument("--out", help="with --save-images: where its numbered directory goes")
     evaluate.set_defaults(func=cmd_eval)

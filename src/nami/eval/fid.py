@@ -193,7 +193,7 @@ def inception_features(network: torch.nn.Module, images: Iterable[Any], batch_si
     def as_uint8(image) -> torch.Tensor:
         if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
             return image
-        return torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1)
+        return torch.from_numpy(to_rgb_uint8(image).copy()).permute(2, 0, 1)
 
     network = network.to(device)
     out = [network(batch.to(device))[0].cpu() for batch in same_size_batches(map(as_uint8, images), batch_size)]

@@ -111,7 +111,7 @@ def _image_lists(images: Iterable[Any], batch_size: int) -> Iterator[list[torch.
     """Lists of (3, H, W) uint8 tensors (sizes may differ: the CLIP processor resizes each image)."""
     batch: list[torch.Tensor] = []
     for image in images:
-        batch.append(torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1))
+        batch.append(torch.from_numpy(to_rgb_uint8(image).copy()).permute(2, 0, 1))  # PIL's arrays are read-only
         if len(batch) == batch_size:
             yield batch
             batch = []

@@ -139,7 +139,8 @@ class PromptRun:
             raise ConfigError(self.key, f"{self.out} is a file, not a directory")
         recorded_path = self.out / RECORD
         if not recorded_path.is_file():
-            others = [p.name for p in self.out.iterdir() if p.name != LOCK] if self.out.is_dir() else []
+            ours = lambda name: name == LOCK or name.startswith(f".{RECORD}.partial-")  # noqa: E731 - a killed claim
+            others = [p.name for p in self.out.iterdir() if not ours(p.name)] if self.out.is_dir() else []
             if others:
                 raise ConfigError(self.key, f"{self.out} is not empty and holds no {RECORD} (not a `nami sample "
                                             "--prompts` directory): name a new or empty directory")  # fmt: skip
@@ -186,7 +187,7 @@ class PromptRun:
         total = len(self.entries) * self.images_per_prompt
         kept = total - sum(not self.path(e, j).is_file() for batch in todo for e, j in batch)
         written = 0
-        for batch in tqdm(todo, desc="sampling", unit="batch", disable=not progress, dynamic_ncols=True):
+        for batch in tqdm(todo, desc="sampling", unit="batch", disable=not progress or not todo, dynamic_ncols=True):
             self._before(batch)
             result = pipeline.sample([e.prompt for e, _ in batch], seed=[self.image_seed(e, j) for e, j in batch],
                                      batch_size=len(batch))  # fmt: skip

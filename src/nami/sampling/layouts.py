@@ -49,6 +49,7 @@ LAYOUTS = ("geneval", "dpg", "flat")
 RECORD, INDEX, LOCK = "nami-sample.json", "index.jsonl", ".lock"
 RECORD_FORMAT = 1
 DPG_MAX_IMAGES = 4  # compute_dpg_bench.py crops at most a 2 x 2 grid
+MAX_IMAGES = 10_000_000  # per output directory (COCO-30k at 4 images per prompt is 120,000)
 SEED_RULE = "sha256('<seed>:<prompt_index>:<image_index>')[:8] >> 1"
 
 
@@ -98,6 +99,9 @@ class PromptRun:
         self.out = Path(self.out)
         if self.layout not in LAYOUTS:
             raise ConfigError("--layout", f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if len(self.entries) * self.images_per_prompt > MAX_IMAGES:
+            raise ConfigError("--images-per-prompt", f"{len(self.entries):,} prompts x {self.images_per_prompt:,} "
+                                                     f"images is more than {MAX_IMAGES:,} in one directory")  # fmt: skip
         if self.layout == "dpg":
             if self.images_per_prompt > DPG_MAX_IMAGES:
                 raise ConfigError("--images-per-prompt", f"DPG-Bench's scorer reads at most {DPG_MAX_IMAGES} "

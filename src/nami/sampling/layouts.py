@@ -75,7 +75,7 @@ def sampling_record(pipeline, cfg: NamiConfig, extra: dict[str, Any] | None = No
     """What decides the images besides the prompts and seeds: the model's identity keys, the resolved sampler
     settings, the device type, the loaded adapters and a fingerprint of the weights (plus `extra`)."""
     return {
-        "model": identity(to_dict(cfg)),
+        "config": identity(to_dict(cfg)),  # the model keys: config.model.width, config.flow.gamma, ...
         "sampler": asdict(pipeline.settings),
         "device": pipeline.device.type,
         "lora": dict(pipeline.lora_scales),

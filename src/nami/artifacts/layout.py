@@ -8,6 +8,7 @@ A **run directory** (`runs/<name>/`, `RunDir`) is where `nami pretrain-bridge` a
     bridges.safetensors      the fitted BridgeFlow; bridge_report.json its held-out MSE
     tb/, tb-bridge/          TensorBoard events of training and of bridge fitting
     samples/NNNN/            `nami sample` outputs and training grids (numbered: never replaced)
+    eval/NNNN/               `nami eval --save-images`: the scored images, results.jsonl, report.json
     export/NNNN/             model directories written from the run
     keys-rank<r>.jsonl       with log.record_keys: the sample keys of every step
     .lock                    held by the process that trains in the directory
@@ -39,11 +40,12 @@ BRIDGES = "bridges.safetensors"
 BRIDGE_REPORT = "bridge_report.json"
 TENSORBOARD, TENSORBOARD_BRIDGE = "tb", "tb-bridge"
 SAMPLES = "samples"
+EVALS = "eval"
 EXPORTS = "export"
 LOCK = ".lock"
 KEYS_GLOB = "keys-rank*.jsonl"
 # Everything a run writes (what `trainer.run_dir_exists=overwrite` removes); the lock is the live process's.
-RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, TENSORBOARD_BRIDGE, SAMPLES, RUN_WEIGHTS, BRIDGES, BRIDGE_REPORT, EXPORTS,
+RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, TENSORBOARD_BRIDGE, SAMPLES, EVALS, RUN_WEIGHTS, BRIDGES, BRIDGE_REPORT, EXPORTS,
                RUN_CONFIG)  # fmt: skip
 # What shows that training (not only bridge fitting) has happened in a run directory.
 TRAINING_OUTPUTS = (CHECKPOINTS, TENSORBOARD, RUN_WEIGHTS)

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError, RunStopped
-from . import ablate, bench, convert, data, export, inference, plan, release, training
+from . import ablate, bench, convert, data, export, inference, metrics, plan, release, training
 
 COMMAND_GROUPS = (training, inference, export, data, bench, plan, convert, release, ablate)
 # commands that run the networks: they flush denormal floats on the CPU (lit/precision.py says why)
@@ -41,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if metrics.is_metric_call(argv):  # `nami eval fid|clip ...`: folders, not a model (cli/metrics.py says why)
+        parser = metrics.build_parser()
+        args, extra = parser.parse_args(argv[1:]), []
+        args.command = "eval"
+    else:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
     if extra:  # overrides may also follow options: `nami info CONFIG --json key=value`
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]

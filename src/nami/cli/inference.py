@@ -11,11 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ..artifacts.layout import SAMPLES
+from ..artifacts.layout import EVALS, SAMPLES
 from ..config import ConfigError, NamiConfig
 from ..config.buckets import check_image_size, grid_step
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED, MAX_SIDE
 from .common import positive_int
+from .prompt_files import add_prompt_file_args, cmd_sample_prompts
 
 
 def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> NamiConfig:
@@ -48,6 +49,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..artifacts.weights import weights_home
     from ..sampling.images import write_samples
 
+    if args.prompts is not None or not args.prompt:
+        return cmd_sample_prompts(args, config_for_checkpoint, pipeline_with_adapters)
     for prompt in args.prompt:
         try:
             prompt.encode("utf-8")
@@ -75,17 +78,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """GenEval-Shapes score per category over a fixed seeded prompt set (+ FID / CLIPScore with weights)."""
-    from ..eval.report import evaluate_pipeline, format_eval
+    from ..artifacts.files import numbered_directory
+    from ..artifacts.weights import weights_home
+    from ..eval.report import format_eval, sample_and_score
 
     if args.num is not None and args.num > MAX_PROMPTS_PER_CATEGORY:
         raise ConfigError("--num", f"must be at most {MAX_PROMPTS_PER_CATEGORY:,} prompts per category, got {args.num:,}")
+    if args.out and not args.save_images:
+        raise ConfigError("--out", "is where --save-images writes; add --save-images")
     cfg = config_for_checkpoint(args, list(args.overrides))
-    report = evaluate_pipeline(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
+    # the output directory first: a bad --out costs nothing
+    out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / EVALS) if args.save_images else None
+    report, images = sample_and_score(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
+    if out is not None:
+        report["saved"] = str(save_scored_images(out, images, report, cfg.eval.seed))
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "results" or args.per_image}))
     else:
         print(format_eval(report))
     return 0
+
+
+def save_scored_images(out: Path, images, report: dict, seed: int) -> Path:
+    """Into `out`: image i as <i:05d>.png, results.jsonl (one line per image: file, seed and its scores: category,
+    prompt, correct, reason, detections) and report.json (the summary). Returns `out`."""
+    from ..artifacts.files import write_atomically
+    from ..sampling.images import save_png
+
+    lines = []
+    for i, (image, result) in enumerate(zip(images, report["results"], strict=True)):
+        name = f"{i:05d}.png"
+        write_atomically(out / name, lambda p, image=image: save_png(image, p))
+        lines.append(json.dumps({"file": name, "seed": seed + i, **result}))
+    write_atomically(out / "results.jsonl", lambda p: p.write_text("\n".join(lines) + "\n"))
+    summary = {k: v for k, v in report.items() if k != "results"}
+    write_atomically(out / "report.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    return out
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -104,13 +132,16 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     sample = sub.add_parser("sample", help=cmd_sample.__doc__.splitlines()[0])
     _config_args(sample)
-    sample.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    sample.add_argument("--prompt", action="append", help="repeat for several prompts")
     sample.add_argument("--out", help="where the numbered directory of this call goes (default: the weights' "
-                                      "directory/samples); earlier samples are never replaced")
+                                      "directory/samples); earlier samples are never replaced. With --prompts: "
+                                      "the directory the layout is written to (run again to continue it)")
+    add_prompt_file_args(sample)
     sample.add_argument("--steps", help="per-stage Euler steps, e.g. 10,10,10 (sets sampler.steps)")
     sample.add_argument("--guidance", "--cfg", type=float, dest="guidance",
                         help="classifier-free guidance scale (sets sampler.guidance)")
-    sample.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    sample.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (with --prompts: every image's "
+                                                            "seed derives from it, see nami.sampling.prompts)")
     sample.add_argument("--stages", action="store_true",
                         help="also write each stage's start, end and predicted clean image")
     sample.add_argument("--batch-size", type=positive_int, default=16)
@@ -118,9 +149,15 @@ def add_commands(sub) -> None:
                                                             "multiple of the stage grid, e.g. a data.buckets size")
     sample.add_argument("--width", type=positive_int, help="image width in pixels (default: resolution)")
     sample.set_defaults(func=cmd_sample)
-    evaluate = sub.add_parser("eval", help=cmd_eval.__doc__.splitlines()[0])
+    evaluate = sub.add_parser("eval", help=cmd_eval.__doc__.splitlines()[0],
+                              epilog="nami eval fid DIR REFERENCE --weights W and nami eval clip DIR --clip C score "
+                                     "image folders instead (nami eval fid --help)")  # fmt: skip
     _config_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.add_argument("--num", type=positive_int, help="prompts per category (default eval.per_category)")
     evaluate.add_argument("--per-image", action="store_true", help="with --json: include every image's result")
+    evaluate.add_argument("--save-images", action="store_true",
+                          help="keep every scored image, with results.jsonl (per-image scores) and report.json, "
+                               "in a new numbered directory under --out (default: the weights' directory/eval)")
+    evaluate.add_argument("--out", help="with --save-images: where its numbered directory goes")
     evaluate.set_defaults(func=cmd_eval)

@@ -245,14 +245,21 @@ class LogConfig:
 
 @dataclass
 class EvalConfig:
-    """`nami eval`: the GenEval-Shapes prompt set, and local weights for FID / CLIPScore (skipped when None)."""
+    """`nami eval` and the evaluation during training: the GenEval-Shapes prompt set or a prompt file, and local
+    weights for FID / CLIPScore (skipped when None)."""
+
+    # what the evaluation during training samples and scores: shapes (GenEval-Shapes, the tiny default) or
+    # prompts (eval.prompts with fixed seeds: an image grid, CLIP score, and FID against eval.fid_reference)
+    kind: str = "shapes"
+    prompts: str | None = None  # prompt file (text, JSONL, a directory of .txt) or shipped set for kind prompts
+    fid_reference: str | None = None  # FID's reference for kind prompts: an image folder or .npz (mu, sigma)
 
     per_category: int = 50  # prompts per GenEval category (six categories)
     # standard: per_category prompts per category; large: a fixed 200 (the standard set is its start, same images)
     prompt_set: str = "standard"
     seed: int = 1000  # prompt-set seed (prompt i samples with noise seed + i), apart from the training data's 0
     batch_size: int = 32  # images per sampling / feature batch
-    fid_weights: str | None = None  # InceptionV3 (torchvision layout) or timm weights file, see nami.eval.metrics
+    fid_weights: str | None = None  # the FID Inception weights (torch-fidelity's .pth or .safetensors), nami.eval.fid
     clip_path: str | None = None  # local CLIPModel + CLIPProcessor directory
     every_n_steps: int = 0  # training: score GenEval-Shapes with the EMA weights every n steps (0: off)
     keep_best: bool = False  # training: also keep the checkpoint with the best eval/overall

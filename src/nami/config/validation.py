@@ -20,6 +20,7 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 SAMPLER_MODES = ("progressive", "no_nesting", "uniform")
 BRIDGE_SOLVERS = ("closed_form", "sgd")
 PROMPT_SETS = ("standard", "large")  # GenEval-Shapes prompt sets (sizes in nami.eval.geneval)
+EVAL_KINDS = ("shapes", "prompts")  # what the evaluation during training samples (nami.eval.sets)
 
 
 def check_built(section: str, kind: str, pairs: dict[str, tuple[int, int]]) -> None:
@@ -212,12 +213,28 @@ def validate(cfg: NamiConfig) -> None:
         raise ConfigError("eval.train_per_category", f"must be >= 1, got {cfg.eval.train_per_category}")
     if cfg.eval.keep_best and cfg.eval.every_n_steps == 0:
         raise ConfigError("eval.keep_best", "needs evaluations during training: set eval.every_n_steps > 0")
+    _check_eval_kind(cfg)
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_finetune(cfg)
     for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints",
                 "accumulate_grad_batches"):
         if getattr(cfg.trainer, key) < 1:
             raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
+
+
+def _check_eval_kind(cfg: NamiConfig) -> None:
+    e = cfg.eval
+    _check_choice("eval.kind", e.kind, EVAL_KINDS)
+    if e.kind == "prompts":
+        if not e.prompts:
+            raise ConfigError("eval.prompts", "eval.kind=prompts samples a prompt file: set eval.prompts")
+        if e.keep_best:
+            raise ConfigError("eval.keep_best", "ranks checkpoints by GenEval-Shapes overall: it needs eval.kind=shapes")
+    elif e.fid_reference:
+        raise ConfigError("eval.fid_reference", "is FID's reference set for eval.kind=prompts (GenEval-Shapes "
+                                                "compares with its own renders)")  # fmt: skip
+    if e.fid_reference and not e.fid_weights:
+        raise ConfigError("eval.fid_reference", "needs eval.fid_weights (the FID Inception weights)")
 
 
 def _check_finetune(cfg: NamiConfig) -> None:

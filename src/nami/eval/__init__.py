@@ -10,7 +10,8 @@ from .geneval import (
     score_detections,
     score_image,
 )
-from .metrics import clip_score, fid_score, load_feature_extractor
+from .fid import FidStatistics, frechet_distance, load_inception
+from .metrics import clip_score, fid_score
 
 __all__ = [
     "LARGE_PER_CATEGORY",
@@ -19,7 +20,9 @@ __all__ = [
     "detect",
     "evaluate",
     "fid_score",
-    "load_feature_extractor",
+    "FidStatistics",
+    "frechet_distance",
+    "load_inception",
     "prompt_set",
     "prompts_per_category",
     "score_detections",

@@ -53,6 +53,12 @@ def evaluate_pipeline(pipeline, cfg, per_category: int | None = None, progress: 
     """Category scores, overall (mean of the six), their binomial standard errors (`stderr`), sampling time,
     the prompt set's identity (`prompt_set`), and FID / CLIPScore when configured. `pipeline` is a
     `nami.sampling.Pipeline` over the weights to score; it samples with its own settings."""
+    return sample_and_score(pipeline, cfg, per_category, progress)[0]
+
+
+def sample_and_score(pipeline, cfg, per_category: int | None = None, progress: bool = True):
+    """`evaluate_pipeline`'s report and the images it scored ((N, 3, H, W) in [-1, 1], prompt i sampled with
+    noise seed eval.seed + i; `report["results"][i]` is image i's)."""
     count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
     specs = prompt_set(count, cfg.eval.seed, cfg.resolution)
     captions = [s["caption"] for s in specs]
@@ -63,7 +69,7 @@ def evaluate_pipeline(pipeline, cfg, per_category: int | None = None, progress: 
     settings = pipeline.settings
     report.update(images=len(specs), sampling_s=sampling_s, mode=settings.mode, steps=settings.steps_for(),
                   guidance=settings.guidance)  # fmt: skip
-    return report
+    return report, images
 
 
 def format_eval(report: dict) -> str:

@@ -14,14 +14,14 @@ import torch
 from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from safetensors.torch import save_file
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from ..artifacts.weights import checkpoint_name, step_checkpoints
 from ..config import ConfigError, NamiConfig
-from ..eval import prompt_set, to_rgb_uint8
-from ..eval.report import prompt_set_identity, score_images
-from ..eval.shapes import CATEGORIES
-from ..sampling.images import captioned_grid, stage_panels
+from ..eval import to_rgb_uint8
+from ..eval.sets import PromptSet, ShapesSet
+from ..sampling.images import captioned_grid, stage_panels, zoom
+from ..sampling.prompts import image_seed, read_prompts
 
 
 def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> ThroughputMonitor:
@@ -168,8 +168,19 @@ def rank_share(n: int, world: int, rank: int) -> list[int]:
     return [min(rank * share + j, n - 1) for j in range(share)]
 
 
+def training_eval_set(cfg: NamiConfig, per_category: int) -> ShapesSet | PromptSet:
+    """`eval.kind`'s set (nami.eval.sets): GenEval-Shapes, or eval.prompts with the seeds `nami sample --prompts
+    --seed eval.seed` gives each prompt's first image."""
+    if cfg.eval.kind != "prompts":
+        return ShapesSet(cfg, per_category)
+    entries = read_prompts(cfg.eval.prompts, "eval.prompts")
+    return PromptSet(cfg, [e.prompt for e in entries], [image_seed(cfg.eval.seed, e.index, 0) for e in entries])
+
+
 class EvalCallback(EveryNSteps):
     """GenEval-Shapes of the EMA weights every `every` steps, and at the end of a run that got that far.
+    With `eval.kind: prompts`, the prompt file `eval.prompts` instead: its images as a grid (eval/images) and,
+    with their weights, eval/clip_score and eval/fid (nami.eval.sets).
 
     The prompts are the first `per_category` of each category of `nami eval`'s set, sampled with the same noise
     seeds and sampler settings, so a score here is `nami eval --num per_category` of those weights. Logged as
@@ -187,8 +198,8 @@ class EvalCallback(EveryNSteps):
     def __init__(self, cfg: NamiConfig, every: int, per_category: int, best_dir: Path | None = None):
         super().__init__(every)
         self.cfg = cfg
-        self.specs = prompt_set(per_category, cfg.eval.seed, cfg.resolution)
-        self.identity = prompt_set_identity(self.specs, "standard", cfg.eval.seed)
+        self.eval_set = training_eval_set(cfg, per_category)
+        self.identity = self.eval_set.identity
         self.best_dir = Path(best_dir) if best_dir is not None else None
         self.best = self._recorded_best() if self.best_dir is not None else None
 
@@ -223,34 +234,35 @@ class EvalCallback(EveryNSteps):
         start = time.perf_counter()
         with sampling_mode(pl_module):
             images = self._sample(trainer, pl_module)
-        scores = self._scores(trainer, images)
+        scores = self._scores(trainer, images, pl_module.device)
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{name}": value for name, value in scores.items()}, step=step)
-        pl_module.print(f"eval at step {step}: overall {scores['overall']:.3f} ({len(self.specs)} prompts, "
-                        f"{time.perf_counter() - start:.1f}s)")  # fmt: skip
+            if self.eval_set.kind == "prompts" and trainer.is_global_zero and hasattr(logger.experiment, "add_image"):
+                grid = make_grid(zoom(images.float() / 255, 96), nrow=min(8, len(images)), padding=2, pad_value=1.0)
+                logger.experiment.add_image("eval/images", grid, step)
+        pl_module.print(f"eval at step {step}: {self.eval_set.summary(scores)} ({len(self.eval_set.prompts)} "
+                        f"prompts, {time.perf_counter() - start:.1f}s)")  # fmt: skip
         if self.best_dir is not None and (self.best is None or scores["overall"] > self.best):
             self._keep(trainer, step, scores)
         return scores
 
     def _sample(self, trainer, pl_module) -> torch.Tensor:
         """(N, 3, H, W) uint8 images of every prompt, in prompt order, on every rank."""
-        n, world = len(self.specs), trainer.world_size
+        n, world = len(self.eval_set.prompts), trainer.world_size
         mine = rank_share(n, world, trainer.global_rank)
-        captions, seeds = [self.specs[j]["caption"] for j in mine], [self.cfg.eval.seed + j for j in mine]
+        captions, seeds = [self.eval_set.prompts[j] for j in mine], [self.eval_set.seeds[j] for j in mine]
         result = pl_module.pipeline(use_ema=True).sample(captions, seed=seeds, batch_size=self.cfg.eval.batch_size)
         images = torch.stack([torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1) for image in result.images])
         if world > 1:  # (world, share, ...) in rank order, which is prompt order
             images = trainer.strategy.all_gather(images.to(pl_module.device)).flatten(0, 1).cpu()
         return images[:n]
 
-    def _scores(self, trainer, images: torch.Tensor) -> dict[str, float]:
+    def _scores(self, trainer, images: torch.Tensor, device=None) -> dict[str, float]:
         """Rank 0 scores; every rank gets its scores (or its error, so no rank waits for ever)."""
         scores: dict = {}
         if trainer.is_global_zero:
             try:
-                report = score_images(self.cfg, self.specs, images, "standard")
-                names = (*CATEGORIES, "overall", "fid", "clip_score")
-                scores = {name: float(report[name]) for name in names if report[name] is not None}
+                scores = self.eval_set.score(images, device or "cpu")
             except Exception as err:  # noqa: BLE001 - the other ranks wait for these scores
                 scores = {"error": f"{type(err).__name__}: {err}"}
         scores = trainer.strategy.broadcast(scores, src=0)

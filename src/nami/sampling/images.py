@@ -90,3 +90,9 @@ def write_samples(result: SampleResult, prompts: list[str], out: Path, stages: b
                      normalize=True, value_range=(-1, 1))  # fmt: skip
     save_image(grid, out / "grid.png")
     return [*paths, out / "grid.png"]
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """One (3, H, W) image in [-1, 1] as an 8-bit PNG (rounded as `write_samples` rounds), whatever `path`'s
+    suffix (partial files have none)."""
+    save_image((image.float().cpu() + 1) / 2, path, format="PNG")

@@ -144,7 +144,7 @@ class SampleGrid(EveryNSteps):
 
     @torch.no_grad()
     def run(self, trainer, pl_module) -> None:
-        with sampling_mode(pl_module):
+        with sampling_mode(pl_module), pl_module.ema_applied():
             result = pl_module.pipeline(use_ema=True).sample(self.prompts, seed=self.seed, mode="progressive",
                                                              keep_stages=True)  # fmt: skip
         if not trainer.is_global_zero:
@@ -221,7 +221,7 @@ class EvalCallback(EveryNSteps):
         """Sample, score, log; keep the checkpoint if it is the best so far. Every rank must call it."""
         step = trainer.global_step
         start = time.perf_counter()
-        with sampling_mode(pl_module):
+        with sampling_mode(pl_module), pl_module.ema_applied():
             images = self._sample(trainer, pl_module)
         scores = self._scores(trainer, images)
         for logger in trainer.loggers:
@@ -299,14 +299,15 @@ class KeysRecorder(L.Callback):
 
 
 class ExportWeights(L.Callback):
-    """At the end of training: EMA weights to weights.safetensors (gathered from shards), on rank 0."""
+    """At the end of training: complete weights to weights.safetensors, the EMA where the run trained and the
+    base elsewhere (`JointFlowModule.ema_weights`), gathered from shards, float32, on rank 0."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def on_train_end(self, trainer, pl_module) -> None:
         tensors = {}
-        for name, p in pl_module.ema.state_dict().items():  # every rank joins the gathers
+        for name, p in pl_module.ema_weights().items():  # every rank joins the gathers
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             tensors[name] = full.detach().float().cpu().contiguous()
         if trainer.is_global_zero:

@@ -44,16 +44,13 @@ def run(args: list[str], timeout: int = 300) -> None:
 
 
 def step_keys(run_dir: Path) -> dict[int, list[str]]:
-    """Keys consumed per step, over all its micro-batches (a resumed run repeats the killed steps: the last run of
-    consecutive records of a step wins)."""
-    out: dict[int, list[str]] = {}
-    previous = None
+    """Keys consumed per step, micro-batch after micro-batch (a resumed run repeats the killed steps: the last
+    record of a step's micro-batch wins)."""
+    out: dict[int, dict[int, list[str]]] = {}
     for line in (run_dir / "keys-rank0.jsonl").read_text().splitlines():
         record = json.loads(line)
-        step = record["step"]
-        out[step] = (out[step] if step == previous else []) + record["keys"]
-        previous = step
-    return out
+        out.setdefault(record["step"], {})[record["micro"]] = record["keys"]
+    return {step: [k for micro in sorted(batches) for k in batches[micro]] for step, batches in out.items()}
 
 
 def kill_and_resume(root: Path, args, *common: str, mid_step: int | None = None) -> None:
@@ -79,7 +76,9 @@ def kill_and_resume(root: Path, args, *common: str, mid_step: int | None = None)
     assert not (root / "killed" / "weights.safetensors").exists()  # it really died mid-run
     if mid_step is not None:  # it died inside step `mid_step`: no micro-batch of the next step had started
         assert f'"step": {mid_step + 1},' not in keys.read_text()
+    written = checkpoint.stat().st_mtime_ns
     run(args("killed", *common, "trainer.resume=last"))
+    assert checkpoint.stat().st_mtime_ns == written  # not saved again from inside the resumed step
 
 
 def assert_same_run(root: Path, steps: int, resumed_from: int = 3) -> None:
@@ -115,7 +114,8 @@ def test_sigkill_mid_accumulation_then_resume_reproduces_the_uninterrupted_run(t
               "trainer.accumulate_grad_batches=2"]  # fmt: skip
     kill_and_resume(tmp_path, lambda name, *more: train_args(tmp_path, shapes, name, *more), *common, mid_step=3)
     assert_same_run(tmp_path, 6)
-    assert len(json.loads((tmp_path / "straight" / "keys-rank0.jsonl").read_text().splitlines()[0])["keys"]) == 6
+    records = [json.loads(line) for line in (tmp_path / "killed" / "keys-rank0.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["micro"]) for r in records if r["step"] == 3][-2:] == [(3, 0), (3, 1)]  # redone whole
     assert len(step_keys(tmp_path / "straight")[3]) == 12  # two micro-batches of 6
 
 
@@ -153,10 +153,11 @@ def test_ddp_and_fsdp2_end_with_the_same_parameters(tmp_path, shapes):
 
 
 def test_a_partial_fine_tune_under_ddp_and_fsdp2_ends_with_the_same_weights(tmp_path, shapes, base):
-    """The EMA of the trained tensors only, sharded under FSDP2 like them; the FSDP run is stopped at step 2 and
-    resumed from its distributed checkpoint, which holds no base tensor (reloaded from trainer.init_from)."""
+    """The EMA of the trained tensors only, sharded under FSDP2 like them, swapped into the live model for a sample
+    grid after every step and back; the FSDP run is stopped at step 2 and resumed from its distributed checkpoint,
+    which holds no base tensor (reloaded from trainer.init_from)."""
     common = ["trainer.devices=2", "trainer.checkpoint_every=2", "optim.ema_decay=0.0", f"trainer.init_from={base}",
-              "trainer.trainable=[stage:2,model.final.*]"]  # fmt: skip
+              "trainer.trainable=[stage:2,model.final.*]", "log.sample_every=1"]  # fmt: skip
     run(train_args(tmp_path, shapes, "ddp", *common, "trainer.strategy=ddp", "trainer.max_steps=3"))
     run(train_args(tmp_path, shapes, "fsdp", *common, "trainer.strategy=fsdp", "trainer.max_steps=2"))
     checkpoint = tmp_path / "fsdp" / "checkpoints" / "step00000002.ckpt"

@@ -73,6 +73,23 @@ def test_patterns_select_what_trains_and_the_ema_holds_only_that(tiny_cfg):
     assert [p for group in optimizer.param_groups for p in group["params"]] == list(trained.values())
 
 
+def test_sampling_with_a_partial_ema_swaps_its_values_in_and_back(tiny_cfg):
+    tiny_cfg.trainer.trainable = ["stage:2", "model.final.*"]
+    module = JointFlowModule(tiny_cfg, build_parts(tiny_cfg, fitted=False))
+    with torch.no_grad():
+        for p in module.ema.parameters():
+            p.add_(1.0)
+    live = {k: v.clone() for k, v in module.model.state_dict().items()}
+    pipeline = module.pipeline(use_ema=True)
+    assert pipeline.model is module.model  # the live module, which holds the EMA's values while sampling
+    with module.ema_applied():
+        inside = module.model.state_dict()
+        for name, p in module.ema["model"].named_parameters():
+            assert torch.equal(inside[name], p), name
+        assert all(torch.equal(inside[k], live[k]) for k in live if not k.startswith(("single_blocks.1.", "final.")))
+    assert all(torch.equal(v, live[k]) for k, v in module.model.state_dict().items())  # back, bit for bit
+
+
 def test_by_default_everything_trains_and_the_ema_is_a_whole_copy(tiny_cfg):
     """Today's layout: ema.model.<name> and ema.text_encoder.<name> for every entry of the networks' state."""
     module = JointFlowModule(tiny_cfg, build_parts(tiny_cfg, fitted=False))
@@ -82,6 +99,7 @@ def test_by_default_everything_trains_and_the_ema_is_a_whole_copy(tiny_cfg):
     assert [n for n, _ in module.trained_parameters()] == [f"{part}.{n}" for part in ("model", "text_encoder")
                                                           for n, _ in getattr(module, part).named_parameters()]
     assert not module.flow.bridge_trains and not any(p.requires_grad for p in module.bridge.parameters())
+    assert module.pipeline(use_ema=True).model is module.ema["model"]
 
 
 def test_frozen_tensors_stay_bit_identical_while_the_selected_ones_train(tmp_path, shapes):

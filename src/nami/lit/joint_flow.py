@@ -251,25 +251,39 @@ class JointFlowModule(L.LightningModule):
                 if self._ema_whole[part]:
                     copies.load_state_dict(self.named_parts()[part].state_dict())
             ema, own = self._ema_pairs(partial_only=True)
-            if ema:
-                torch._foreach_copy_(ema, own)
+            if ema:  # local shards: DTensor has no foreach copy (both sides are sharded alike)
+                torch._foreach_copy_([_local(t) for t in ema], [_local(t) for t in own])
 
     @contextmanager
     def ema_applied(self):
         """The EMA's values in the live tensors of the parts the EMA holds partly, the live values back after
-        (`pipeline(use_ema=True)` samples those parts from the live modules, and a whole part from its copy)."""
+        (`pipeline(use_ema=True)` samples those parts from the live modules, and a whole part from its copy).
+        Sampling runs inside it."""
+        self._reshard()
         ema, own = self._ema_pairs(partial_only=True)
-        if not ema:
-            yield
-            return
+        # local shards: DTensor has no foreach copy, and an EMA copy is sharded like the tensor it follows
+        ema, own = [_local(t.detach()) for t in ema], [_local(t.detach()) for t in own]
         with torch.no_grad():
-            saved = [t.detach().clone() for t in own]
-            torch._foreach_copy_(own, ema)
+            saved = [t.clone() for t in own]
+            if own:
+                torch._foreach_copy_(own, ema)
         try:
             yield
         finally:
+            self._reshard()
             with torch.no_grad():
-                torch._foreach_copy_(own, saved)
+                if own:
+                    torch._foreach_copy_(own, saved)
+
+    def _reshard(self) -> None:
+        """FSDP2 keeps a root module's tensors gathered after a forward that no backward follows (sampling): shard
+        them again, so that the shards written here are what the next forward gathers, and the EMA update meets
+        sharded tensors."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def ema_weights(self) -> dict[str, torch.Tensor]:
         """The complete networks' state ("model.", "text_encoder."): the EMA where it trained, the live base

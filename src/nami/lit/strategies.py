@@ -99,11 +99,13 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             set_optimizer_state_dict,
         )
 
+        from ..config import ConfigError
+
         module = self.lightning_module
         state = get_model_state_dict(module)
         lacking = set(state) - stored
         if lacking - omits:
-            raise RuntimeError(f"{path} lacks module tensors {sorted(lacking - omits)[:3]}")
+            raise ConfigError("trainer.resume", f"{path} lacks tensors of this model: {sorted(lacking - omits)[:3]}")
         held = {k: v for k, v in state.items() if k in stored}
         dcp.load({"state_dict": held}, checkpoint_id=path)
         module.load_state_dict(held, strict=False)

@@ -93,8 +93,8 @@ class NaNAtStep2(JointFlowModule):
 
     injected = False
 
-    def stage_losses(self, batch):
-        out = super().stage_losses(batch)
+    def stage_losses(self, batch, micro: int = 0):
+        out = super().stage_losses(batch, micro)
         if self.global_step == 2 and not self.injected:
             self.injected = True
             out.losses = [loss * float("nan") if k == 1 else loss for k, loss in zip(out.stages, out.losses)]

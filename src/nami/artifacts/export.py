@@ -37,12 +37,17 @@ class Export:
 
 
 def _checkpoint_bridge_state(path: Path) -> dict[str, torch.Tensor]:
-    """The "bridge." tensors of a Lightning checkpoint (a file, or an FSDP directory), prefix removed."""
+    """The "bridge." tensors of a Lightning checkpoint (a file, or an FSDP directory), prefix removed; the EMA's
+    ("ema.bridge.") where the run trained the bridge (trainer.trainable)."""
     if path.is_dir():
-        found = read_dcp_tensors(path, lambda fqn: fqn.startswith("state_dict.bridge."), "RUN")
-        return {k[len("state_dict.bridge.") :]: v for k, v in found.items()}
-    state = load_torch_file(path, "RUN").get("state_dict") or {}
-    return {k[len("bridge.") :]: v for k, v in state.items() if k.startswith("bridge.")}
+        found = read_dcp_tensors(path, lambda fqn: fqn.startswith(("state_dict.bridge.", "state_dict.ema.bridge.")),
+                                 "RUN")  # fmt: skip
+        state = {k[len("state_dict.") :]: v for k, v in found.items()}
+    else:
+        state = load_torch_file(path, "RUN").get("state_dict") or {}
+    own = {k[len("bridge.") :]: v for k, v in state.items() if k.startswith("bridge.")}
+    ema = {k[len("ema.bridge.") :]: v for k, v in state.items() if k.startswith("ema.bridge.")}
+    return {**own, **ema}
 
 
 def run_bridge(cfg: NamiConfig, run: RunDir, weights_file: Path) -> BridgeFlow:

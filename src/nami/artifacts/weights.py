@@ -7,7 +7,11 @@ A path may be
   weights.safetensors and its newest step checkpoint holds the later step (weights.safetensors on a tie), so a
   resumed run's newer checkpoints are never shadowed by an older weights file;
 - a weights file (.safetensors), a Lightning checkpoint (.ckpt) or an FSDP checkpoint directory: itself.
-Lightning checkpoints give their EMA weights. Every file is read as data (`files.py`).
+
+Lightning checkpoints give complete weights by one rule: the EMA tensors over the checkpoint's own network tensors
+(the EMA covers exactly what trained), over the `trainer.init_from` weights recorded in the run directory's
+config.yaml for the frozen base tensors a checkpoint leaves out (it names them under BASE_FROM_INIT). Every file is
+read as data (`files.py`).
 """
 
 from __future__ import annotations
@@ -17,13 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 
 from ..config import ConfigError, NamiConfig
-from .files import load_safetensors, load_torch_file, load_weights_into, read_dcp_tensors
-from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BRIDGES, CHECKPOINTS, MODEL_CONFIG, MODEL_WEIGHTS, RUN_WEIGHTS
+from .files import load_safetensors, load_torch_file, load_weights_into, read_dcp_metadata, read_dcp_tensors
+from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BRIDGES, CHECKPOINTS, MODEL_CONFIG, MODEL_WEIGHTS, RUN_CONFIG, RUN_WEIGHTS
 
 CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
+NETWORKS = ("model.", "text_encoder.")  # the prefixes of the tensors a weights file holds
+# A checkpoint's top-level entry listing the frozen base tensors it leaves out because trainer.init_from provides
+# them (JointFlowModule.checkpoint_omits); FSDP checkpoints keep it in their meta.pt.
+BASE_FROM_INIT = "nami_base_from_init"
+DCP_META = "meta.pt"  # Lightning's file of an FSDP checkpoint's non-tensor entries
 
 
 def checkpoint_name(step: int) -> str:
@@ -112,22 +122,55 @@ class Weights:
 
 
 def read_weights(path: str | Path, key: str = "--ckpt") -> Weights:
-    """The weights `path` stands for (`weights_source`); a Lightning checkpoint gives its EMA weights."""
+    """The weights `path` stands for (`weights_source`); a Lightning checkpoint gives complete weights, its EMA
+    where it trained (the module docstring's rule), as float32."""
     source = weights_source(path, key)
+    directory = owner_directory(source)
     if source.suffix == ".safetensors":
-        return Weights(load_safetensors(source, key), source, owner_directory(source))
+        return Weights(load_safetensors(source, key), source, directory)
     if source.is_dir():
-        found = read_dcp_tensors(source, lambda fqn: fqn.startswith("state_dict."), key)
+        # the EMA, and of the checkpoint's own network tensors only those the EMA does not cover
+        names = {fqn[len("state_dict.") :] for fqn in read_dcp_metadata(source, key).state_dict_metadata
+                 if fqn.startswith("state_dict.")}  # fmt: skip
+        wanted = {n for n in names if n.startswith("ema.") or (n.startswith(NETWORKS) and "ema." + n not in names)}
+        found = read_dcp_tensors(source, lambda fqn: fqn[len("state_dict.") :] in wanted, key)
         state = {fqn[len("state_dict.") :]: t for fqn, t in found.items()}
+        meta = source / DCP_META
+        left_out = load_torch_file(meta, key).get(BASE_FROM_INIT, []) if meta.is_file() else []
     else:
-        state = load_torch_file(source, key).get("state_dict")
+        checkpoint = load_torch_file(source, key)
+        state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
             raise ConfigError(key, f"{source} is a PyTorch file but not a Lightning checkpoint (no state_dict)")
-    if any(k.startswith("ema.") for k in state):
-        tensors = {k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")}
-    else:
-        tensors = {k: v for k, v in state.items() if k.startswith(("model.", "text_encoder."))}
-    return Weights(tensors, source, owner_directory(source))
+        left_out = checkpoint.get(BASE_FROM_INIT, [])
+    ema = {k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")}
+    tensors = {k: ema.get(k, v) for k, v in state.items() if k.startswith(NETWORKS)}
+    tensors.update({k: v for k, v in ema.items() if k.startswith(NETWORKS)})
+    if left_out:
+        base = _init_from_base(directory, source, left_out, key)
+        tensors = {**{k: base[k] for k in left_out}, **tensors}
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    return Weights(tensors, source, directory)
+
+
+def _init_from_base(directory: Path, source: Path, left_out: list[str], key: str) -> dict[str, torch.Tensor]:
+    """The weights of trainer.init_from as `directory`'s config.yaml records it, holding every name in `left_out`."""
+    what = f"{source} leaves out {len(left_out)} frozen base tensors (e.g. {left_out[0]}) that trainer.init_from"
+    try:
+        recorded = yaml.safe_load((directory / RUN_CONFIG).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        recorded = {}
+    init_from = (recorded.get("trainer") or {}).get("init_from") if isinstance(recorded, dict) else None
+    if not init_from:
+        raise ConfigError(key, f"{what} provides, and {directory / RUN_CONFIG} records no trainer.init_from")
+    if not Path(init_from).exists():
+        raise ConfigError(key, f"{what} provides: {init_from} (from {directory / RUN_CONFIG}) is not found "
+                               "(a relative path is read from the current directory)")  # fmt: skip
+    base = read_weights(init_from, key).tensors
+    missing = [k for k in left_out if k not in base]
+    if missing:
+        raise ConfigError(key, f"{what} provides, and {init_from} lacks {missing[:3]}")
+    return base
 
 
 def load_parts_weights(weights: Weights, parts: dict[str, torch.nn.Module], key: str = "--ckpt",
@@ -181,10 +224,11 @@ def init_directory(cfg: NamiConfig) -> Path | None:
 
 
 def load_initial_weights(module, cfg: NamiConfig) -> None:
-    """Fill the module's trainable parts and their EMA copies from trainer.init_from (nothing without it)."""
+    """Fill the module's networks (`module.trainable()`: "model", a learning "text_encoder") from
+    trainer.init_from, then restart its EMA from them (nothing without init_from)."""
     if not cfg.trainer.init_from:
         return
     weights = read_weights(cfg.trainer.init_from, INIT_KEY)
-    for name, part in module.trainable().items():
-        for target in (part, module.ema[name]):
-            load_parts_weights(weights, {name: target}, INIT_KEY, text_encoder_optional=True)
+    load_parts_weights(weights, dict(module.trainable().items()), INIT_KEY, text_encoder_optional=True)
+    module.restart_ema()
+    module.initialised_from = cfg.trainer.init_from

@@ -14,6 +14,7 @@ output becomes a velocity from the global sigma, never from T.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -83,6 +84,12 @@ class PyramidFlow:
     def num_stages(self) -> int:
         return self.schedule.num_stages
 
+    @property
+    def bridge_trains(self) -> bool:
+        """Whether some tensor of the bridge requires a gradient (it is being trained)."""
+        parameters = getattr(self.bridge, "parameters", None)
+        return parameters is not None and any(p.requires_grad for p in parameters())
+
     def uniform(self) -> "PyramidFlow":
         """The same flow as one stage over the whole path (plain rectified flow; the uniform baseline)."""
         schedule = PyramidSchedule.uniform(self.schedule.num_train_timesteps)
@@ -132,7 +139,8 @@ class PyramidFlow:
             v = self.velocity(model_fn(sample.z, sample.model_time, k, c), sample.z, sample.sigma_local, k)
             out.stages.append(k)
             out.counts.append(x.shape[0])
-            out.losses.append(F.mse_loss(v.float(), sample.target.float()))
+            dtype = torch.promote_types(v.dtype, torch.float32)  # half outputs in float32; float64 stays float64
+            out.losses.append(F.mse_loss(v.to(dtype), sample.target.to(dtype)))
         return out
 
     def training_sample(
@@ -148,7 +156,9 @@ class PyramidFlow:
             noise = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
         if sigma_local is None:
             sigma_local = self.density(x_k.shape[0], generator, x_k.device)
-        with torch.no_grad():  # the bridge is frozen during flow training
+        # the bridge is frozen during flow training unless trainer.trainable selects some of its tensors: then the
+        # loss reaches them through the start points
+        with nullcontext() if self.bridge_trains else torch.no_grad():
             start, end = stage_endpoints(x_k, noise, k, self.schedule, self.bridge, self.detail_noise)
         return FlowSample.on_path(start, end, sigma_local, self.schedule.model_time(k, sigma_local))
 

@@ -66,9 +66,10 @@ class StepProgressBar(TQDMProgressBar):
 
 
 class EveryNSteps(L.Callback):
-    """Calls `run(trainer, pl_module)` every `every` optimizer steps (never at step 0, never twice for one step:
-    micro-batches of an accumulated step and a skipped non-finite step leave global_step where it was) and at
-    the end of training when `at_end(trainer)` says so. `every` 0: only at the end."""
+    """Calls `run(trainer, pl_module)` every `every` optimizer steps (never at step 0, never twice for one step)
+    and at the end of training when `at_end(trainer)` says so. `every` 0: only at the end. Only at the end of an
+    optimizer step: inside an accumulated step global_step is still the last step's, and a run resumed from that
+    step's checkpoint would save it again with a micro-batch consumed."""
 
     def __init__(self, every: int):
         self.every = every
@@ -81,6 +82,8 @@ class EveryNSteps(L.Callback):
         return True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # a micro-batch inside an optimizer step
+            return
         step = trainer.global_step
         if self.every > 0 and step > 0 and step % self.every == 0:
             self._fire(trainer, pl_module)
@@ -144,7 +147,7 @@ class SampleGrid(EveryNSteps):
 
     @torch.no_grad()
     def run(self, trainer, pl_module) -> None:
-        with sampling_mode(pl_module):
+        with sampling_mode(pl_module), pl_module.ema_applied():
             result = pl_module.pipeline(use_ema=True).sample(self.prompts, seed=self.seed, mode="progressive",
                                                              keep_stages=True)  # fmt: skip
         if not trainer.is_global_zero:
@@ -232,7 +235,7 @@ class EvalCallback(EveryNSteps):
         """Sample, score, log; keep the checkpoint if it is the best so far. Every rank must call it."""
         step = trainer.global_step
         start = time.perf_counter()
-        with sampling_mode(pl_module):
+        with sampling_mode(pl_module), pl_module.ema_applied():
             images = self._sample(trainer, pl_module)
         scores = self._scores(trainer, images, pl_module.device)
         for logger in trainer.loggers:
@@ -298,27 +301,30 @@ class SkipCounts(EveryNSteps):
 
 
 class KeysRecorder(L.Callback):
-    """Append each step's sample keys to keys-rank<r>.jsonl (which data every step saw; resume audits)."""
+    """Append each batch's sample keys to keys-rank<r>.jsonl (which data every step saw; resume audits), with its
+    step and its micro-batch index in the step (trainer.accumulate_grad_batches)."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"step": trainer.global_step, "keys": batch.all_keys()})
+        micro = batch_idx % trainer.accumulate_grad_batches
+        line = json.dumps({"step": trainer.global_step, "micro": micro, "keys": batch.all_keys()})
         with open(self.out_dir / f"keys-rank{trainer.global_rank}.jsonl", "a") as handle:
             handle.write(line + "\n")
 
 
 class ExportWeights(L.Callback):
-    """At the end of training: EMA weights to weights.safetensors (gathered from shards), on rank 0."""
+    """At the end of training: complete weights to weights.safetensors, the EMA where the run trained and the
+    base elsewhere (`JointFlowModule.ema_weights`), gathered from shards, float32, on rank 0."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def on_train_end(self, trainer, pl_module) -> None:
         tensors = {}
-        for name, p in pl_module.ema.state_dict().items():  # every rank joins the gathers
+        for name, p in pl_module.ema_weights().items():  # every rank joins the gathers
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             tensors[name] = full.detach().float().cpu().contiguous()
         if trainer.is_global_zero:

@@ -33,7 +33,7 @@ from .callbacks import (
     StepProgressBar,
     throughput_monitor,
 )
-from .joint_flow import JointFlowModule
+from .joint_flow import JointFlowModule, check_optimizer
 from .strategies import build_strategy, checkpoint_plugins
 
 
@@ -42,6 +42,16 @@ def check_device(cfg: NamiConfig) -> None:
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator", f"{cfg.name} needs CUDA GPUs and this machine has none "
                                                  "(trainer.accelerator=cpu runs it on the CPU)")  # fmt: skip
+
+
+def check_training(cfg: NamiConfig) -> None:
+    """Refuse, before any compute, what a training step cannot run: the optimizer (`check_optimizer`), and frozen
+    bfloat16 base weights without autocast (a float32 activation meets a bfloat16 weight in every frozen layer)."""
+    check_optimizer(cfg)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if cfg.finetune.base_dtype == "bfloat16" and not precision.endswith("-mixed"):
+        raise ConfigError("finetune.base_dtype", f"bfloat16 base weights need autocast: trainer.precision=bf16-mixed "
+                                                 f"(this run resolves to {precision})")  # fmt: skip
 
 
 class _NoLitLoggerTip(logging.Filter):
@@ -135,6 +145,7 @@ def stage_can_be_empty(module: JointFlowModule, batch_size: int) -> bool:
 def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) -> RunDir:
     """Joint multi-resolution flow training (resumable); returns the run directory."""
     check_device(cfg)
+    check_training(cfg)
     from data_modules import ShardDataModule
 
     shards = _usable_shards(cfg)  # bad shards stop here, before anything is written
@@ -154,13 +165,15 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
         trainer = trainer_for(cfg, run, TensorBoardLogger(str(run.path), name="", version=TENSORBOARD,
                                                           default_hp_metric=False),
                               _training_callbacks(cfg, run), find_unused=stage_can_be_empty(module, cfg.data.batch_size),
-                              max_steps=cfg.trainer.max_steps, max_time=cfg.trainer.max_time)  # fmt: skip
+                              max_steps=cfg.trainer.max_steps, max_time=cfg.trainer.max_time,
+                              accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)  # fmt: skip
         trainer.logger.log_hyperparams(to_dict(cfg))
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
         if trainer.is_global_zero and bridge.learnable and not run.bridges.exists():
             save_bridges(bridge, run.bridges)  # fitted elsewhere (bridge.weights): keep a copy beside the weights
         if trainer.is_global_zero:  # the self-describing model directory, RUN/export/NNNN
-            export_at_end_of_training(run, cfg, bridge)
+            # a bridge that trained is read back from the last checkpoint (its EMA), not this live copy
+            export_at_end_of_training(run, cfg, None if module.flow.bridge_trains else bridge)
     return run
 
 

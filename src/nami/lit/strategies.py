@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from ..artifacts.files import write_failure
+from ..artifacts.weights import DCP_META
 from ..errors import RunStopped
 
 PARTIAL = ".partial"
@@ -77,19 +78,56 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         """Lightning's distributed load, with torch's reader kept from unpickling anything (see
-        nami.artifacts.files.safe_dcp_loading); the non-tensor rest (meta.pt) is read weights_only."""
+        nami.artifacts.files.safe_dcp_loading); the non-tensor rest (meta.pt) is read weights_only. A checkpoint
+        that leaves out frozen base tensors (JointFlowModule.checkpoint_omits) restores the rest (`_load_partial`)."""
         from torch.distributed.checkpoint.api import CheckpointException
 
-        from ..artifacts.files import safe_dcp_loading
+        from ..artifacts.files import read_dcp_metadata, safe_dcp_loading
         from ..config import ConfigError
 
+        path = Path(self.broadcast(str(checkpoint_path)))
         try:
             with safe_dcp_loading():
+                omits = getattr(self.lightning_module, "checkpoint_omits", set)()
+                if omits and path.is_dir():
+                    stored = {fqn[len("state_dict.") :] for fqn in read_dcp_metadata(path).state_dict_metadata
+                              if fqn.startswith("state_dict.")}  # fmt: skip
+                    return self._load_partial(path, stored, omits)
                 return super().load_checkpoint(checkpoint_path, weights_only=True)
         except CheckpointException as err:  # a BaseException in torch: say what was refused, in one line
             failures = [str(f).strip().splitlines()[-1] for f in getattr(err, "failures", {}).values()]
             reason = failures[0] if failures else str(err).splitlines()[0]
             raise ConfigError("trainer.resume", f"{checkpoint_path} cannot be loaded safely ({reason})") from None
+
+    def _load_partial(self, path: Path, stored: set[str], omits: set[str]) -> dict[str, Any]:
+        """Lightning's sharded load over the tensors the checkpoint holds: the module's tensors it lacks must be
+        ones it leaves out on purpose (already loaded from trainer.init_from); the optimizer states, then the
+        non-tensor rest (meta.pt, weights_only)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        from ..config import ConfigError
+
+        module = self.lightning_module
+        state = get_model_state_dict(module)
+        lacking = set(state) - stored
+        if lacking - omits:
+            raise ConfigError("trainer.resume", f"{path} lacks tensors of this model: {sorted(lacking - omits)[:3]}")
+        held = {k: v for k, v in state.items() if k in stored}
+        dcp.load({"state_dict": held}, checkpoint_id=path)
+        module.load_state_dict(held, strict=False)
+        for index, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{index}"
+            optim_state = {key: get_optimizer_state_dict(module, optimizer)}
+            dcp.load(optim_state, checkpoint_id=path)
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=optim_state[key],
+                                     options=StateDictOptions(cpu_offload=True))  # fmt: skip
+        return torch.load(path / DCP_META, weights_only=True)
 
     def remove_checkpoint(self, filepath) -> None:
         if self.global_rank == 0:

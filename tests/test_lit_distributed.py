@@ -175,3 +175,37 @@ def test_a_partial_fine_tune_under_ddp_and_fsdp2_ends_with_the_same_weights(tmp_
     assert not torch.equal(ddp["model.final.linear.weight"], base_weights["model.final.linear.weight"])
     worst = max((ddp[name] - fsdp[name]).abs().max().item() for name in ddp)
     assert worst <= 1e-5, worst
+
+
+LORA = "finetune.lora.rank=4"
+
+
+def test_sigkill_then_resume_of_a_lora_run(tmp_path, shapes, base):
+    """LoRA adapters on trainer.init_from's base: checkpoints hold the adapters alone, and the resumed run (base
+    reloaded from init_from, adapters and their optimizer state from the checkpoint) ends on the same adapters."""
+    common = ["trainer.max_steps=6", "trainer.checkpoint_every=3", "log.record_keys=true", f"trainer.init_from={base}",
+              LORA]  # fmt: skip
+    kill_and_resume(tmp_path, lambda name, *more: train_args(tmp_path, shapes, name, *more), *common)
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "step00000003.ckpt", weights_only=True)["state_dict"]
+    assert state and all(".lora_A." in k or ".lora_B." in k for k in state), sorted(state)[:5]
+    assert_same_run(tmp_path, 6)
+
+
+def test_a_lora_run_under_ddp_and_fsdp2_ends_with_the_same_adapter(tmp_path, shapes, base):
+    """Two CPU ranks: DDP, and FSDP2 (the base sharded too) stopped at step 2 and resumed from its distributed
+    checkpoint, which holds the adapters alone; both end with the same adapter files."""
+    common = ["trainer.devices=2", "trainer.checkpoint_every=2", "optim.ema_decay=0.0", f"trainer.init_from={base}",
+              LORA, "log.sample_every=1"]  # fmt: skip
+    run(train_args(tmp_path, shapes, "ddp", *common, "trainer.strategy=ddp", "trainer.max_steps=3"))
+    run(train_args(tmp_path, shapes, "fsdp", *common, "trainer.strategy=fsdp", "trainer.max_steps=2"))
+    checkpoint = tmp_path / "fsdp" / "checkpoints" / "step00000002.ckpt"
+    stored = {fqn for fqn in read_dcp_metadata(checkpoint).state_dict_metadata if fqn.startswith("state_dict.")}
+    assert stored and all(".lora_A." in fqn or ".lora_B." in fqn for fqn in stored), sorted(stored)[:5]
+    run(train_args(tmp_path, shapes, "fsdp", *common, "trainer.strategy=fsdp", "trainer.max_steps=3",
+                   "trainer.resume=last"))  # fmt: skip
+    ddp, fsdp = (load_file(sorted((tmp_path / name / "export").iterdir())[-1] / "adapter_model.safetensors")
+                 for name in ("ddp", "fsdp"))  # the newest model directories: both at step 3
+    assert ddp.keys() == fsdp.keys() and len(ddp) > 10
+    assert any(t.abs().sum() > 0 for k, t in ddp.items() if ".lora_B." in k)  # trained: B moved off zero
+    worst = max((ddp[name] - fsdp[name]).abs().max().item() for name in ddp)
+    assert worst <= 1e-5, worst

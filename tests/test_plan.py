@@ -47,7 +47,6 @@ def one_step(cfg):
     return module, trainer.optimizers[0]
 
 
-PENDING_LORA = "finetune.lora: JointFlowModule does not train LoRA adapters yet (issue 22 item 1, in progress)"
 
 
 @pytest.mark.parametrize("overrides", [
@@ -55,7 +54,7 @@ PENDING_LORA = "finetune.lora: JointFlowModule does not train LoRA adapters yet 
     pytest.param(["optim.name=adafactor"], id="adafactor"),
     pytest.param(["optim.name=adamw8bit"], id="adamw8bit"),
     pytest.param(["trainer.trainable=[stage:2]"], id="freezing"),
-    pytest.param(["finetune.lora.rank=4"], id="lora", marks=pytest.mark.skip(reason=PENDING_LORA)),
+    pytest.param(["finetune.lora.rank=4"], id="lora"),
 ])  # fmt: skip
 def test_plan_counts_the_bytes_a_tiny_training_step_holds(overrides):
     cfg = tiny(*overrides)

@@ -68,7 +68,20 @@ def trained_parts(cfg: NamiConfig, path: str | Path, key: str = "--ckpt") -> tup
     check_shapes_before_building(cfg, weights, key)
     parts = build_parts(cfg, weights.directory)
     load_parts_weights(weights, {"model": parts.model, "text_encoder": parts.text_encoder}, key)
+    if weights.adapter:  # a LoRA run's checkpoint or weights: its adapter on the base, active at scale 1
+        _add_run_adapter(cfg, parts.model, weights, key)
     return parts, weights.directory
+
+
+def _add_run_adapter(cfg: NamiConfig, model, weights, key: str) -> None:
+    from .models.lora import TRAINING_ADAPTER, AdapterSpec, add_adapter
+
+    if cfg.finetune.lora.rank <= 0:
+        raise ConfigError(key, f"{weights.source} holds a LoRA adapter and this config has finetune.lora.rank=0 "
+                               "(sample it with the run's own config)")  # fmt: skip
+    state = {k[len("model.") :]: v for k, v in weights.adapter.items()}
+    add_adapter(model, AdapterSpec.from_config(cfg.finetune.lora, cfg.model, model), TRAINING_ADAPTER, state, key)
+    model.requires_grad_(False)
 
 
 def check_shapes_before_building(cfg: NamiConfig, weights, key: str = "--ckpt") -> None:

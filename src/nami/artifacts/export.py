@@ -24,7 +24,14 @@ from ..bridges import BridgeFlow, bridge_from_config, load_bridges
 from ..config import ConfigError, NamiConfig, to_dict
 from . import layout
 from .files import load_torch_file, load_weights_into, numbered_directory, read_dcp_tensors
-from .model_dir import config_json, is_model_dir, model_dir_config, read_config_json, write_model_dir
+from .model_dir import (
+    config_json,
+    is_model_dir,
+    model_dir_config,
+    read_config_json,
+    write_lora_model_dir,
+    write_model_dir,
+)
 from .run_dir import RunDir
 from .weights import fitted_bridge, read_weights
 
@@ -89,7 +96,10 @@ def eval_scores(run_dir: Path, step: int | None) -> dict | None:
 
 
 def _holds_same_weights(directory: Path, weights: dict[str, torch.Tensor]) -> bool:
-    with safe_open(str(directory / layout.MODEL_WEIGHTS), framework="pt") as handle:
+    """Whether the model directory holds exactly `weights` (a LoRA run's: its adapter file, keys as PEFT saves
+    them)."""
+    adapter = directory / layout.ADAPTER_WEIGHTS
+    with safe_open(str(adapter if adapter.is_file() else directory / layout.MODEL_WEIGHTS), framework="pt") as handle:
         if set(handle.keys()) != set(weights):
             return False
         return all(torch.equal(handle.get_tensor(k), t.detach().float().cpu()) for k, t in weights.items())
@@ -114,8 +124,9 @@ def export_run(source: str | Path, out: str | Path | None = None, cfg: NamiConfi
     step = weights.step
     if out is None:
         previous = newest_export(run)
+        tensors = _adapter_file_state(weights.adapter) if weights.adapter else weights.tensors
         if previous is not None and read_config_json(previous).get("_training", {}).get("step") == step \
-                and _holds_same_weights(previous, weights.tensors):  # fmt: skip
+                and _holds_same_weights(previous, tensors):  # fmt: skip
             return Export(previous, step, written=False)
     bridge = bridge if bridge is not None else run_bridge(cfg, run, weights.source)
     try:
@@ -124,8 +135,35 @@ def export_run(source: str | Path, out: str | Path | None = None, cfg: NamiConfi
         source_name = str(weights.source)
     training = {"step": step, "source": source_name, "eval": eval_scores(run.path, step), "config": to_dict(cfg)}
     target = Path(out) if out is not None else numbered_directory(run.exports)
-    write_model_dir(target, config_json(cfg, training), weights.tensors, bridge, key="--out")
+    if weights.adapter:  # a LoRA run: its adapter beside a reference to the base it was trained on
+        write_lora_model_dir(target, config_json(cfg, training), _adapter_file_state(weights.adapter),
+                             _adapter_spec(cfg).peft_config(), lora_run_base(cfg, run), bridge, key="--out")  # fmt: skip
+    else:
+        write_model_dir(target, config_json(cfg, training), weights.tensors, bridge, key="--out")
     return Export(target, step, written=True)
+
+
+def _adapter_file_state(adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`Weights.adapter` ("model.<module>.lora_A.weight") as the adapter file holds it (no "model." prefix)."""
+    return {k[len("model.") :]: v for k, v in adapter.items()}
+
+
+def _adapter_spec(cfg: NamiConfig):
+    """The run's adapter: finetune.lora over the modules of the config's model (built on the meta device)."""
+    from ..models import build_model
+    from ..models.lora import AdapterSpec
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return AdapterSpec.from_config(cfg.finetune.lora, cfg.model, model)
+
+
+def lora_run_base(cfg: NamiConfig, run: RunDir) -> Path:
+    """The base model a LoRA run trained on (its trainer.init_from), as an absolute path so the adapter's reference
+    holds from any working directory."""
+    if not cfg.trainer.init_from:
+        raise ConfigError("RUN", f"{run.path} holds a LoRA adapter and its config records no trainer.init_from")
+    return Path(cfg.trainer.init_from).resolve()
 
 
 def export_at_end_of_training(run: RunDir, cfg: NamiConfig, bridge: BridgeFlow) -> Export | None:

@@ -142,6 +142,22 @@ def write_model_dir(out: str | Path, data: dict[str, Any], weights: dict[str, to
     return out
 
 
+def write_lora_model_dir(out: str | Path, data: dict[str, Any], adapter: dict[str, torch.Tensor], peft_config,
+                         base: str | Path, bridge: BridgeFlow, key: str = "--out") -> Path:  # fmt: skip
+    """A LoRA run's model directory at `out` (new or empty): config.json `data` (the run's, finetune.lora
+    included), the adapter in PEFT's files naming `base` (the model directory it was trained on), the bridge and
+    the model card. `adapter` is named as PEFT saves it ("<module>.lora_A.weight", no "model." prefix)."""
+    from .lora import write_adapter
+
+    out = Path(out)
+    with directory_in_place(out, key) as partial:
+        write_adapter(partial, peft_config, adapter, base)
+        save_bridges(bridge, partial / layout.BRIDGES)
+        (partial / layout.MODEL_CONFIG).write_text(json.dumps(data, indent=2) + "\n")
+        model_card(data).save(str(partial / layout.MODEL_CARD))
+    return out
+
+
 # ---- the model card ---------------------------------------------------------------------------------------
 CARD_TEMPLATE = """---
 {{ card_data }}

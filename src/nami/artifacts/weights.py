@@ -10,14 +10,16 @@ A path may be
 
 Lightning checkpoints give complete weights by one rule: the EMA tensors over the checkpoint's own network tensors
 (the EMA covers exactly what trained), over the `trainer.init_from` weights recorded in the run directory's
-config.yaml for the frozen base tensors a checkpoint leaves out (it names them under BASE_FROM_INIT). Every file is
-read as data (`files.py`).
+config.yaml for the frozen base tensors a checkpoint leaves out (it names them under BASE_FROM_INIT). A LoRA run's
+checkpoints and weights.safetensors hold its adapters alone: read back, `Weights.tensors` is the plain base
+(trainer.init_from's) and `Weights.adapter` the adapter (the EMA's). Every file is read as data (`files.py`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 
 from ..config import ConfigError, NamiConfig
+from ..models.lora import plain_name, split_adapter
 from .files import load_safetensors, load_torch_file, load_weights_into, read_dcp_metadata, read_dcp_tensors
 from .layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BRIDGES, CHECKPOINTS, MODEL_CONFIG, MODEL_WEIGHTS, RUN_CONFIG, RUN_WEIGHTS
 
@@ -111,6 +114,9 @@ class Weights:
     tensors: dict[str, torch.Tensor]
     source: Path  # the file (or FSDP directory) read
     directory: Path  # the run or model directory it belongs to
+    # a LoRA run's adapter, named as PEFT saves it with the part's prefix ("model.<module>.lora_A.weight"); the
+    # tensors are then the plain base it was trained on (trainer.init_from)
+    adapter: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def part(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors of one part ("model", "text_encoder"), prefix removed."""
@@ -127,8 +133,8 @@ def read_weights(path: str | Path, key: str = "--ckpt") -> Weights:
     source = weights_source(path, key)
     directory = owner_directory(source)
     if source.suffix == ".safetensors":
-        return Weights(load_safetensors(source, key), source, directory)
-    if source.is_dir():
+        state, left_out = load_safetensors(source, key), _safetensors_left_out(source)
+    elif source.is_dir():
         # the EMA, and of the checkpoint's own network tensors only those the EMA does not cover
         names = {fqn[len("state_dict.") :] for fqn in read_dcp_metadata(source, key).state_dict_metadata
                  if fqn.startswith("state_dict.")}  # fmt: skip
@@ -148,9 +154,24 @@ def read_weights(path: str | Path, key: str = "--ckpt") -> Weights:
     tensors.update({k: v for k, v in ema.items() if k.startswith(NETWORKS)})
     if left_out:
         base = _init_from_base(directory, source, left_out, key)
-        tensors = {**{k: base[k] for k in left_out}, **tensors}
+        tensors = {**{k: base[plain_name(k)] for k in left_out}, **tensors}
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    return Weights(tensors, source, directory)
+    plain, adapter = split_adapter(tensors)  # a LoRA run's: its base and its adapter apart
+    return Weights(plain, source, directory, adapter)
+
+
+def _safetensors_left_out(path: Path) -> list[str]:
+    """The frozen base tensors a LoRA run's weights.safetensors leaves out (trainer.init_from provides them), as
+    its metadata lists them."""
+    with safe_open(str(path), framework="pt") as handle:
+        listed = (handle.metadata() or {}).get(BASE_FROM_INIT)
+    try:
+        names = json.loads(listed) if listed else []
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("--ckpt", f"{path}: its {BASE_FROM_INIT} metadata is not a list of tensor names")
+    return names
 
 
 def _init_from_base(directory: Path, source: Path, left_out: list[str], key: str) -> dict[str, torch.Tensor]:
@@ -167,7 +188,7 @@ def _init_from_base(directory: Path, source: Path, left_out: list[str], key: str
         raise ConfigError(key, f"{what} provides: {init_from} (from {directory / RUN_CONFIG}) is not found "
                                "(a relative path is read from the current directory)")  # fmt: skip
     base = read_weights(init_from, key).tensors
-    missing = [k for k in left_out if k not in base]
+    missing = [k for k in left_out if plain_name(k) not in base]
     if missing:
         raise ConfigError(key, f"{what} provides, and {init_from} lacks {missing[:3]}")
     return base
@@ -229,6 +250,16 @@ def load_initial_weights(module, cfg: NamiConfig) -> None:
     if not cfg.trainer.init_from:
         return
     weights = read_weights(cfg.trainer.init_from, INIT_KEY)
-    load_parts_weights(weights, dict(module.trainable().items()), INIT_KEY, text_encoder_optional=True)
+    if weights.adapter:
+        raise ConfigError(INIT_KEY, f"{weights.source} holds a LoRA run's adapter: start from a plain model (`nami "
+                                    "export RUN --merge-lora` writes one)")  # fmt: skip
+    parts = dict(module.trainable().items())
+    if getattr(module, "adapter", None) is not None:  # a LoRA run's model: the base at its wrapped layers' names
+        from ..models.lora import with_adapter_names
+
+        model = with_adapter_names(parts["model"], weights.part("model"))
+        others = {k: v for k, v in weights.tensors.items() if not k.startswith("model.")}
+        weights = replace(weights, tensors={**others, **{f"model.{k}": v for k, v in model.items()}})
+    load_parts_weights(weights, parts, INIT_KEY, text_encoder_optional=True)
     module.restart_ema()
     module.initialised_from = cfg.trainer.init_from

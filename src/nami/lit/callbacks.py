@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from safetensors.torch import save_file
 from torchvision.utils import make_grid, save_image
 
-from ..artifacts.weights import checkpoint_name, step_checkpoints
+from ..artifacts.weights import BASE_FROM_INIT, checkpoint_name, step_checkpoints
 from ..config import ConfigError, NamiConfig
 from ..eval import to_rgb_uint8
 from ..eval.sets import PromptSet, ShapesSet
@@ -317,16 +317,24 @@ class KeysRecorder(L.Callback):
 
 class ExportWeights(L.Callback):
     """At the end of training: complete weights to weights.safetensors, the EMA where the run trained and the
-    base elsewhere (`JointFlowModule.ema_weights`), gathered from shards, float32, on rank 0."""
+    base elsewhere (`JointFlowModule.ema_weights`), gathered from shards, float32, on rank 0. A LoRA run's holds
+    its adapters alone (the base is trainer.init_from's; the metadata lists what it leaves out, as checkpoints do),
+    so a LoRA run never writes a second copy of the base."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        left_out = pl_module.checkpoint_omits() if getattr(pl_module, "adapter", None) is not None else set()
         tensors = {}
         for name, p in pl_module.ema_weights().items():  # every rank joins the gathers
+            if name in left_out:
+                continue
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             tensors[name] = full.detach().float().cpu().contiguous()
+        metadata = {"format": "nami-weights", "step": str(trainer.global_step)}
+        if left_out:
+            metadata[BASE_FROM_INIT] = json.dumps(sorted(left_out))
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(self.path), metadata={"format": "nami-weights", "step": str(trainer.global_step)})
+            save_file(tensors, str(self.path), metadata=metadata)

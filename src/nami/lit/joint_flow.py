@@ -17,6 +17,7 @@ from ..config import ConfigError, NamiConfig, config_from_dict, to_dict
 from ..errors import RunStopped
 from ..flow import StageLosses
 from ..models import TextEmbedding, forward_cost, model_fn
+from ..models.lora import TRAINING_ADAPTER, AdapterSpec, add_adapter, is_adapter_tensor
 from ..models.selection import trainable_names
 from ..flow.seeds import step_generator
 from ..parts import Parts, build_encoders, build_parts
@@ -120,6 +121,12 @@ class JointFlowModule(L.LightningModule):
         parts = parts if parts is not None else build_parts(cfg, fitted=False, encoders=not cfg.data.precomputed)
         self.model = parts.model
         self.model.grad_checkpointing = cfg.trainer.activation_checkpointing
+        # finetune.lora: PEFT adapters on the MM-DiT's linear layers (B zero: the model's output is unchanged); they
+        # are then all that trains (`trainable_selection`), and trainer.init_from fills the base around them
+        self.adapter: AdapterSpec | None = None
+        if cfg.finetune.lora.rank > 0:
+            self.adapter = AdapterSpec.from_config(cfg.finetune.lora, cfg.model, self.model)
+            add_adapter(self.model, self.adapter, TRAINING_ADAPTER, key="finetune.lora")
         # Frozen encoders are plain attributes, not child modules: they stay out of the state dict and so out
         # of every checkpoint (at 2B, mT5-XXL alone is ~9 GB), and are rebuilt from the config on load.
         # _apply below still moves and casts them with the module.
@@ -188,8 +195,11 @@ class JointFlowModule(L.LightningModule):
 
     def trainable_selection(self) -> set[str]:
         """The parameter names (`named_parts` prefixes) that train: trainer.trainable, read by
-        `nami.models.selection.trainable_names` (None: every parameter of the model and of a learning text encoder)."""
+        `nami.models.selection.trainable_names` (None: every parameter of the model and of a learning text encoder),
+        or the adapters of a LoRA run."""
         names = [f"{part}.{n}" for part, module in self.named_parts().items() for n, _ in module.named_parameters()]
+        if self.adapter is not None:  # a LoRA run: the adapters alone (validation refuses trainer.trainable beside)
+            return {n for n in names if n.startswith("model.") and is_adapter_tensor(n)}
         m = self.cfg.model
         return trainable_names(names, self.cfg.trainer.trainable, m.stage_depths, m.double_blocks)
 

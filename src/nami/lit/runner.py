@@ -45,9 +45,13 @@ def check_device(cfg: NamiConfig) -> None:
 
 
 def check_training(cfg: NamiConfig) -> None:
-    """Refuse, before any compute, what a training step cannot run: the optimizer (`check_optimizer`), and frozen
-    bfloat16 base weights without autocast (a float32 activation meets a bfloat16 weight in every frozen layer)."""
+    """Refuse, before any compute, what a training step cannot run: the optimizer (`check_optimizer`), LoRA without
+    a base to adapt, and frozen bfloat16 base weights without autocast (a float32 activation meets a bfloat16 weight
+    in every frozen layer)."""
     check_optimizer(cfg)
+    if cfg.finetune.lora.rank > 0 and not cfg.trainer.init_from:
+        raise ConfigError("finetune.lora.rank", "LoRA adapts a trained model: set trainer.init_from=MODEL_DIR (the "
+                                                "base the adapters train on)")  # fmt: skip
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     if cfg.finetune.base_dtype == "bfloat16" and not precision.endswith("-mixed"):
         raise ConfigError("finetune.base_dtype", f"bfloat16 base weights need autocast: trainer.precision=bf16-mixed "

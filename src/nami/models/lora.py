@@ -194,3 +194,45 @@ def unfuse(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
             layer.unmerge()
         if name in saved:
             layer.get_base_layer().weight.data.copy_(saved[name])
+
+
+# ---- adapters in a training module's state dict -----------------------------------------------------------------
+TRAINING_ADAPTER = "default"  # the name a LoRA run's adapter has inside its model (PEFT's default name)
+
+
+def is_adapter_tensor(name: str) -> bool:
+    """Whether a state-dict name is an adapter matrix ("<module>.lora_A.<adapter>.weight" or as PEFT saves it)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def plain_name(name: str) -> str:
+    """A wrapped layer's base tensor under the name it has without adapters ("<module>.base_layer.weight" ->
+    "<module>.weight")."""
+    return name.replace(".base_layer.", ".")
+
+
+def split_adapter(state: dict[str, torch.Tensor], adapter: str = TRAINING_ADAPTER
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+    """A state dict of a model holding adapter `adapter` -> (the plain model's tensors, the adapter's tensors
+    named as PEFT saves them: "<module>.lora_A.weight"). Prefixes ("model.") are kept on both."""
+    plain, lora = {}, {}
+    for name, tensor in state.items():
+        if is_adapter_tensor(name):
+            lora[name.replace(f".{adapter}.", ".")] = tensor
+        else:
+            plain[plain_name(name)] = tensor
+    return plain, lora
+
+
+def with_adapter_names(model: nn.Module, plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A plain model's tensors under the names of `model`, which holds adapters: each base tensor at its wrapped
+    name, the adapters' own tensors as they are now (what trainer.init_from loads into a LoRA run's model)."""
+    out, used = {}, set()
+    for name, tensor in model.state_dict().items():
+        if is_adapter_tensor(name):
+            out[name] = tensor
+        elif plain_name(name) in plain:
+            out[name] = plain[plain_name(name)]
+            used.add(plain_name(name))
+    # names that fit nowhere stay, so the loader's check reports them
+    return {**out, **{name: tensor for name, tensor in plain.items() if name not in used}}

@@ -110,7 +110,9 @@ class Pipeline:
             self.model.to(self.settings.cast_dtype)
         self._compiled: torch.nn.Module | None = None
         self.weights_dir = None  # the run or model directory the weights came from (`from_weights`)
-        self.lora_scales: dict[str, float] = {}  # adapters on the model (load_lora), by name, with their scales
+        # adapters on the model, by name, with their scales: load_lora's, and those it came with (a LoRA run's own,
+        # active at scale 1)
+        self.lora_scales: dict[str, float] = {name: 1.0 for name in _adapters_on(model)}
         self._fused: dict[str, torch.Tensor] | None = None  # base weights kept aside while adapters are fused
 
     @classmethod
@@ -353,6 +355,15 @@ def lora_base(cfg: NamiConfig, adapter) -> Path:
         raise ConfigError("--ckpt", f"the adapter's base {adapter.base} has {name}={theirs!r}, the adapter was "
                                     f"trained with {ours!r}")  # fmt: skip
     return Path(adapter.base)
+
+
+def _adapters_on(model: torch.nn.Module) -> list[str]:
+    """The names of the LoRA adapters `model` holds (PEFT is imported only when it holds some)."""
+    if not any(".lora_A" in name for name, _ in model.named_modules()):
+        return []
+    from ..models.lora import adapter_names
+
+    return adapter_names(model)
 
 
 def _casting(network, dtype: torch.dtype):

@@ -42,6 +42,8 @@ def test_environment_supplies_model_paths(monkeypatch):
 
 
 BAD_OVERRIDES = [
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),  # no micro-batch per step
+    (["finetune.lora.rank=-1"], "finetune.lora.rank"),
     (["model.depthh=3"], "model.depthh"),  # unknown key
     (["model.width=abc"], "model.width"),  # wrong type
     (["flow.gamma=[1]"], "flow.gamma"),  # wrong type (list for a float)

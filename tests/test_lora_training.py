@@ -144,10 +144,16 @@ def test_lora_lowers_the_loss_of_a_trained_base(tmp_path, shapes, base):
     assert after < 0.95 * before, (before, after)
 
 
-def test_lora_needs_a_base_and_refuses_trainable_beside_it(tmp_path, shapes):
+def test_lora_needs_a_base_and_targets_and_refuses_trainable_beside_it(tmp_path, shapes, base, capsys):
     with pytest.raises(ConfigError) as err:
         train(tiny(tmp_path, shapes, LORA))
     assert err.value.key == "finetune.lora.rank" and "trainer.init_from" in err.value.message
+    with pytest.raises(ConfigError) as err:
+        train(tiny(tmp_path, shapes, "name=typo", LORA, f"trainer.init_from={base}", "finetune.lora.targets=[qvk]"))
+    assert err.value.key == "finetune.lora.targets" and "qvk" in err.value.message
+    assert not (tmp_path / "typo").exists()  # refused before the run directory
+    code, _, err = cli(capsys, "plan", EXPERIMENTS / "tiny.yaml", LORA, "finetune.lora.targets=[qvk]")
+    assert code == 2 and err.count("\n") == 1 and "finetune.lora.targets" in err
     with pytest.raises(ConfigError) as err:
         tiny(tmp_path, shapes, LORA, "trainer.trainable=[stage:2]")
     assert err.value.key == "trainer.trainable"

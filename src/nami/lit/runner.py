@@ -52,6 +52,12 @@ def check_training(cfg: NamiConfig) -> None:
     if cfg.finetune.lora.rank > 0 and not cfg.trainer.init_from:
         raise ConfigError("finetune.lora.rank", "LoRA adapts a trained model: set trainer.init_from=MODEL_DIR (the "
                                                 "base the adapters train on)")  # fmt: skip
+    if cfg.finetune.lora.rank > 0:  # targets that match no layer: found on the meta device, before any directory
+        from ..models import build_model
+        from ..models.lora import AdapterSpec
+
+        with torch.device("meta"):
+            AdapterSpec.from_config(cfg.finetune.lora, cfg.model, build_model(cfg))
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     if cfg.finetune.base_dtype == "bfloat16" and not precision.endswith("-mixed"):
         raise ConfigError("finetune.base_dtype", f"bfloat16 base weights need autocast: trainer.precision=bf16-mixed "

@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DATA_DIR ?= data/geneval_shapes
 DATA_NUM ?= 20000
 
-.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b ablate notebooks lock clean
+.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b gpu-report ablate notebooks lock clean
 
 setup: $(VENV)/.installed $(VENV)/.editable
 
@@ -52,6 +52,10 @@ train: setup data  ## joint flow training of CONFIG (default tiny); ARGS="traine
 
 train-2b: setup  ## NAMI-2B on a GPU node (FSDP2, bf16); exits 2 at once without CUDA
 	$(BIN)/nami train experiments/nami_2b.yaml $(ARGS)
+
+GPU_REPORT ?= runs/gpu_report.json
+gpu-report: setup  ## one GPU's report in one JSON (GPU_REPORT), < 8 min: 2B step full / LoRA vs nami plan, sampling, the release's layout; tiny on a CPU
+	$(BIN)/python scripts/gpu_report.py --out $(GPU_REPORT) $(ARGS)
 
 # The core ablation set (issue 16): the reference tiny config and seven arms, each over ABLATE_SEEDS with the same
 # budget. Estimated from the demo's figures (0.34 s a tiny step, ~1-2 min per 300-image eval, ~2 min per arm's

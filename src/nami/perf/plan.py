@@ -481,8 +481,9 @@ def encoder_sizes(cfg: NamiConfig) -> list[dict]:
 
 # ---- the plan ------------------------------------------------------------------------------------------------
 def _card(card: str | None) -> str:
-    if card is None:
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else DEFAULT_CARD
+    if card is None:  # this machine's GPU when its peak is known, else the default card
+        here = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        return here if here is not None and peak_tflops(here) is not None else DEFAULT_CARD
     if peak_tflops(card) is None:
         raise ConfigError("--card", f"unknown card {card!r}; one of: {', '.join(k for k, _ in BF16_PEAK_TFLOPS)}")
     return card

@@ -144,23 +144,6 @@ def test_fsdp_shards_are_those_fully_shard_makes():
     assert planned["parameters"] < P.plan_report(tiny())["bytes"]["parameters"] / 3
 
 
-def freeze_as_configured(module, cfg) -> None:
-    """What the training module does with trainer.trainable / finetune.lora: only the selected tensors (or the
-    injected adapters) keep requires_grad."""
-    from nami.models.lora import AdapterSpec, add_adapter
-    from nami.models.selection import trainable_names
-
-    if cfg.finetune.lora.rank:
-        add_adapter(module.model, AdapterSpec.from_config(cfg.finetune.lora, cfg.model, module.model))
-        for name, p in module.named_parameters():
-            p.requires_grad_(".lora_" in name and not name.startswith("ema."))
-        return
-    names = [n for n, _ in module.named_parameters() if not n.startswith("ema.")]
-    keep = trainable_names(names, cfg.trainer.trainable, cfg.model.stage_depths, cfg.model.double_blocks)
-    for name, p in module.named_parameters():
-        p.requires_grad_(name in keep)
-
-
 @pytest.mark.parametrize("overrides", [[], ["trainer.trainable=[stage:2]"], ["trainer.trainable=[model.*.txt_mlp.*]"],
                                        ["finetune.lora.rank=4"], ["finetune.lora.rank=4", "finetune.lora.stages=[2]"]])  # fmt: skip
 def test_activation_model_is_what_autograd_keeps(overrides):
@@ -171,8 +154,7 @@ def test_activation_model_is_what_autograd_keeps(overrides):
     from nami.perf.bench import synthetic_batch
 
     cfg = tiny("data.batch_size=8", *overrides)
-    module = JointFlowModule(cfg)
-    freeze_as_configured(module, cfg)
+    module = JointFlowModule(cfg)  # frozen as configured: trainer.trainable, or the adapters of finetune.lora
     batch = synthetic_batch(cfg, module.flow.mix)
     weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
     kept: dict[int, int] = {}

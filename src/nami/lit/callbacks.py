@@ -24,12 +24,13 @@ from ..sampling.images import captioned_grid, stage_panels, zoom
 from ..sampling.prompts import image_seed, read_prompts
 
 
-def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> ThroughputMonitor:
+def throughput_monitor(stage_tokens, log_every_n_steps: int) -> ThroughputMonitor:
     """Lightning's monitor: samples/s, image tokens/s ('items') and, on known GPUs, MFU (module.flops_per_batch).
-    `stage_tokens[k]` is the image-token count of one stage-k sample (computed once per run)."""
+    `stage_tokens(size)[k]` is the image-token count of one stage-k sample of the batch's bucket `size`."""
 
     def tokens(batch) -> int:
-        return sum(len(keys) * stage_tokens[k] for keys, k in zip(batch.keys, batch.stages))
+        per_stage = stage_tokens(batch.size)
+        return sum(len(keys) * per_stage[k] for keys, k in zip(batch.keys, batch.stages))
 
     # rates are averaged over a window of batches; values appear once the window is full
     window = max(2, min(20, log_every_n_steps))

@@ -166,8 +166,8 @@ def test_nami_eval_scores_at_a_named_bucket(model_dir, tmp_path):
     (["eval.size=[16]"], "nami: error: eval.size: must be [height, width]"),
 ])  # fmt: skip
 def test_nami_eval_refuses_a_size_off_the_grid_in_one_line(model_dir, tmp_path, args, needle):
-    bad = subprocess.run(nami_command("eval", "--ckpt", model_dir, "--num", "1", "--save-images", "--out",
-                                      tmp_path / "never", *args), capture_output=True, text=True, timeout=300)  # fmt: skip
+    argv = nami_command("eval", "--ckpt", model_dir, "--num", "1", "--save-images", "--out", tmp_path / "never", *args)
+    bad = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     err = bad.stderr.strip()
     assert bad.returncode == 2 and len(err.splitlines()) == 1 and err.startswith(needle), err
     assert "nearest valid" in err or "[height, width]" in err

@@ -1,7 +1,8 @@
 """Aspect-ratio buckets on the data side (data.buckets): mixed-aspect photos go to their nearest bucket cropped by
 the least amount, every batch is one bucket, every sample exactly once over ranks x workers (partial buckets
-flushed at the end of a pass, carried over epochs in training), resume with pending buckets replays the exact
-sequence, and precomputed shards store and read each sample at its bucket."""
+flushed at the end of a one-pass stream, carried over epochs in training: none dropped), resume with pending
+buckets replays the exact sequence (in process, and `nami train data.buckets=auto` after SIGKILL), DDP ranks step
+together on unequal bucket counts, and precomputed shards store and read each sample at its bucket."""
 
 from __future__ import annotations
 

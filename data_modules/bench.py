@@ -12,6 +12,7 @@ import statistics
 import time
 
 from nami.config import NamiConfig
+from nami.config.buckets import bucket_table
 from nami.flow import StageMix
 
 from .decode import image_bytes, image_tensor
@@ -22,7 +23,7 @@ from .stream import ShardStream, StreamSpec, make_loader
 
 def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup: int) -> tuple[float, int]:
     """(samples/s, samples timed) of a single-process read + decode + resize loop, cycling the shards."""
-    d = cfg.data
+    d, buckets = cfg.data, tuple(bucket_table(cfg))
     done, start = 0, time.perf_counter()
     while True:
         before = done
@@ -33,7 +34,7 @@ def bare_decode_rate(shards: list[Shard], cfg: NamiConfig, samples: int, warmup:
                     continue
                 try:
                     data = image_bytes(record, fmt.columnar, d.image_column)
-                    image_tensor(data, cfg.resolution, None, d.max_pixels, cfg.min_image_side())
+                    image_tensor(data, cfg.resolution, None, d.max_pixels, cfg.min_image_side(), buckets)
                 except Skip:
                     continue
                 done += 1

@@ -1,7 +1,9 @@
 """`nami data check`: stream every shard once through the training split and report what came out.
 
 With world_size N the data is read as each of the N ranks in turn (same split, same workers as training),
-so the report shows per-rank counts and whether the union covers every sample exactly once. Duplicates are
+so the report shows per-rank counts and whether the union covers every sample exactly once, and how many
+samples went to each aspect-ratio bucket of data.buckets (`buckets`, every bucket of the table in its order,
+"HxW" in pixels; zeros included). Duplicates are
 found through 64-bit key hashes (8 bytes a key in memory; a false duplicate needs a hash collision, odds
 about n^2 / 2^65).
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nami.config import NamiConfig
+from nami.config.buckets import Bucket, bucket_table
 
 from .inputs import checked_shards
 from .progress import Progress
@@ -37,6 +40,7 @@ def check_data(cfg: NamiConfig, world_size: int = 1, keys_out: str | Path | None
     shards = checked_shards(cfg)  # ConfigError before any work (and precomputed shards encoded for another config)
     hashes = array("Q")
     per_rank = []
+    buckets = Counter()
     start = time.perf_counter()
     progress = Progress("data check")
     with open(keys_out, "w", encoding="utf-8") if keys_out else nullcontext() as out, progress:
@@ -49,6 +53,8 @@ def check_data(cfg: NamiConfig, world_size: int = 1, keys_out: str | Path | None
                 final[batch.state["worker"]] = batch.state
                 keys = batch.all_keys()
                 samples += len(keys)
+                if keys:
+                    buckets[Bucket(*(batch.size or (cfg.resolution, cfg.resolution))).name] += len(keys)
                 hashes.extend(_key_hash(k) for k in keys)
                 if out is not None:
                     out.writelines(k + "\n" for k in keys)
@@ -73,6 +79,7 @@ def check_data(cfg: NamiConfig, world_size: int = 1, keys_out: str | Path | None
         "world_size": world_size,
         "num_workers": cfg.data.num_workers,
         "per_rank": per_rank,
+        "buckets": {b.name: buckets.pop(b.name, 0) for b in bucket_table(cfg)} | dict(buckets),
     }
 
 
@@ -85,6 +92,8 @@ def format_check(report: dict) -> str:
         "skipped      " + (", ".join(f"{k} {v}" for k, v in sorted(report["skipped"].items())) or "none"),
         "repaired     " + (", ".join(f"{k} {v}" for k, v in sorted(report["repaired"].items())) or "none"),
     ]
+    if len(report["buckets"]) > 1:  # HxW pixels: samples
+        lines.append("buckets      " + ", ".join(f"{k} {v}" for k, v in report["buckets"].items()))
     if report["world_size"] > 1:
         for r in report["per_rank"]:
             skipped = sum(r["skipped"].values())

@@ -1,5 +1,9 @@
 """The batch type the training module consumes (`StageBatch`) and how a list of samples becomes one.
 
+A batch holds samples of one aspect-ratio bucket (the stream batches per bucket, `stream.py`), so every group
+stacks; its `size` names the bucket, and pooled groups are the levels of that bucket's data pyramid (stage k at
+`nami.config.buckets.stage_latent_shapes` of it).
+
 Joint training splits every batch across stages by the ratios in force at its step, into groups of static
 size: largest-remainder rounding of batch_size x ratio / sum (24 at 1:1:1 is 8/8/8; 16 at 1:1:1 is 6/5/5,
 ties going to the coarser stage). Which sample lands in which group is a seeded permutation of the batch.
@@ -38,6 +42,8 @@ class StageBatch:
     # None: the batch carries captions only and the module encodes them.
     text: list[TextEmbedding] | None = None
     latents: bool = False  # images hold model-space latents (precomputed); False: pixels, for the autoencoder
+    # The bucket of every sample: image (height, width) in pixels (nami.config.buckets); None: resolution^2.
+    size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return sum(len(k) for k in self.keys)
@@ -87,6 +93,7 @@ class BatchPlan:
     stage_sides: tuple[int, ...] = ()  # pooled groups: image side of each stage (NamiConfig.stage_latent_sizes)
     batches_per_step: int = 1  # gradient accumulation: loader batches per optimizer step
     latents: bool = False  # samples hold model-space latents (precomputed shards), not pixels
+    downsample: int = 1  # autoencoder.downsample: pixels per latent (pooled groups are the pixel autoencoder's)
 
     def __post_init__(self):
         if self.joint and self.mix is None:
@@ -108,23 +115,34 @@ class BatchPlan:
             stage_sides=tuple(cfg.stage_latent_sizes()),
             batches_per_step=batches_per_step,
             latents=latents,
+            downsample=cfg.autoencoder.downsample,
         )
 
     def ratios_at(self, step: int) -> list[float]:
         return self.mix.ratios_at(step)
 
     def side(self, stage: int) -> int:
-        """Image side handed to `stage`'s group."""
+        """Image side handed to `stage`'s group (the square bucket)."""
         if not (self.joint and self.pooled):
             return self.resolution
         return self.stage_sides[stage]
+
+    def shape(self, stage: int, size: tuple[int, int] | None) -> tuple[int, int]:
+        """(height, width) handed to `stage`'s group for images of bucket `size` (None: the square)."""
+        if size is None:
+            return self.side(stage), self.side(stage)
+        if not (self.joint and self.pooled):
+            return size
+        factor = self.downsample * 2 ** (self.num_stages - 1 - stage)
+        return size[0] // factor, size[1] // factor
 
 
 def make_batch(
     samples: list[Sample], plan: BatchPlan, step: int, rng: random.Random, state: dict
 ) -> StageBatch:
-    """Group `samples` by stage (joint) or keep them as one full-resolution group."""
+    """Group `samples` (one bucket: `Sample.size`) by stage (joint) or keep them as one full-resolution group."""
     last = plan.num_stages - 1
+    size = samples[0].size if samples else None
     if plan.joint:
         ratios = plan.ratios_at(step)
         counts = stage_counts(len(samples), ratios)
@@ -139,15 +157,14 @@ def make_batch(
     for stage, n in zip(stages, counts):
         group = [samples[i] for i in order[start : start + n]]
         start += n
-        side = plan.side(stage)
         if group:
             x = torch.stack([s.image for s in group])
-            if side != plan.resolution:
+            if plan.joint and plan.pooled and stage != last:
                 x = data_pyramid(x, plan.num_stages)[stage]
         elif samples and not plan.pooled:  # full-size groups: the samples' own shape (latents included)
             x = samples[0].image.new_empty(0, *samples[0].image.shape)
         else:
-            x = torch.empty(0, 3, side, side)
+            x = torch.empty(0, 3, *plan.shape(stage, size))
         groups.append(x)
         captions.append([s.caption for s in group])
         keys.append([s.key for s in group])
@@ -156,7 +173,7 @@ def make_batch(
     images = _one_storage(groups)
     text = _group_text(samples, order, counts) if samples and samples[0].text is not None else None
     return StageBatch(images, captions, keys, metadata, epochs, stages, step, list(ratios), plan.pooled,
-                      state=state, text=text, latents=plan.latents)  # fmt: skip
+                      state=state, text=text, latents=plan.latents, size=size)  # fmt: skip
 
 
 def _group_text(samples: list[Sample], order: list[int], counts: list[int]) -> list[TextEmbedding]:

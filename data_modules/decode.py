@@ -1,5 +1,6 @@
-"""Record -> sample for image shards: image decoded to RGB, shorter side resized and cropped to a square, scaled
-to [-1, 1]; caption and metadata extracted. A sample that cannot be used raises `Skip` with its reason; a sample
+"""Record -> sample for image shards: image decoded to RGB, sent to the aspect-ratio bucket nearest its own
+(`nami.config.buckets`; data.buckets square: the resolution x resolution square), cropped to the bucket's aspect
+ratio by the least amount and resized to cover it, scaled to [-1, 1]; caption and metadata extracted. A sample that cannot be used raises `Skip` with its reason; a sample
 that is kept after a repair (e.g. a caption that is not UTF-8) is counted in `repaired`.
 
 A stream decodes with one `Decoder`, chosen once from the config: `ImageDecoder` here, or the precomputed
@@ -26,6 +27,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 from PIL import Image
+
+from nami.config.buckets import Bucket, bucket_table, nearest_bucket
 
 from .metadata import caption_text, json_metadata
 from .records import Record, Sample, Skip
@@ -85,20 +88,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def crop_box(size: tuple[int, int], rng: random.Random | None = None) -> tuple[int, int, int, int]:
-    """The square crop (left, top, right, bottom) of an image of `size`: random with `rng`, else centred."""
+def crop_box(size: tuple[int, int], rng: random.Random | None = None,
+             bucket: Bucket | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+    """The crop (left, top, right, bottom) of an image of `size` (width, height) to the aspect ratio of `bucket`
+    (None: a square) that removes the least: the whole of one side, as much of the other as the ratio keeps.
+    Random with `rng`, else centred."""
     w, h = size
-    side = min(w, h)
-    left = rng.randint(0, w - side) if rng else (w - side) // 2
-    top = rng.randint(0, h - side) if rng else (h - side) // 2
-    return left, top, left + side, top + side
+    bw, bh = (bucket.width, bucket.height) if bucket else (1, 1)
+    if w * bh >= h * bw:  # wider than the bucket: keep the height
+        ch, cw = h, min(w, max(1, round(h * bw / bh)))
+    else:
+        cw, ch = w, min(h, max(1, round(w * bh / bw)))
+    left = rng.randint(0, w - cw) if rng else (w - cw) // 2
+    top = rng.randint(0, h - ch) if rng else (h - ch) // 2
+    return left, top, left + cw, top + ch
 
 
-def resize_crop(img: Image.Image, resolution: int, rng: random.Random | None = None,
+def resize_crop(img: Image.Image, bucket: Bucket, rng: random.Random | None = None,
                 box: tuple[int, int, int, int] | None = None) -> Image.Image:  # fmt: skip
-    """Shorter side to `resolution`, square crop (`box`, else `crop_box`), in one resampling."""
-    box = box or crop_box(img.size, rng)
-    return img.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    """Crop to the bucket's aspect ratio (`box`, else `crop_box`) and resize to cover it, in one resampling."""
+    box = box or crop_box(img.size, rng, bucket)
+    return img.resize((bucket.width, bucket.height), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -113,21 +123,35 @@ def image_tensor(
     rng: random.Random | None = None,
     max_pixels: int = 64_000_000,
     min_size: int = 0,
+    buckets: tuple[Bucket, ...] = (),
 ) -> torch.Tensor:
-    """Bytes -> (3, R, R) in [-1, 1]; raises Skip."""
-    return decode_image(data, resolution, rng, max_pixels, min_size)[0]
+    """Bytes -> (3, H, W) in [-1, 1] at the nearest bucket (none: resolution x resolution); raises Skip."""
+    return decode_image(data, resolution, rng, max_pixels, min_size, buckets)[0]
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of a JPEG as displayed, from its EXIF orientation (read from the header, before the scan:
+    orientations 5 to 8 turn it a quarter)."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
 
 
 def decode_image(
     data: bytes | None, resolution: int, rng: random.Random | None = None, max_pixels: int = 64_000_000,
-    min_size: int = 0,
+    min_size: int = 0, buckets: tuple[Bucket, ...] = (),
 ) -> tuple[torch.Tensor, tuple[float, float, float, float]]:  # fmt: skip
-    """`image_tensor` and the crop it took, as fractions of the decoded image (left, top, right, bottom)."""
+    """`image_tensor` and the crop it took, as fractions of the decoded image (left, top, right, bottom). The
+    image goes to the bucket nearest its aspect ratio as displayed (EXIF orientation applied); the tensor's
+    shape says which."""
     img = open_image(data, max_pixels, min_size)
+    table = buckets or (Bucket(resolution, resolution),)
     try:
+        bucket = table[0] if len(table) == 1 else None
         if img.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target (large speed-up).
-            scale = resolution / min(img.size)
+            w, h = img.size if bucket else oriented_size(img)
+            bucket = bucket or nearest_bucket(table, h, w)
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the bucket (large speed-up).
+            scale = max(bucket.height / h, bucket.width / w)
             img.draft(None, (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
         img.load()
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
@@ -136,9 +160,10 @@ def decode_image(
 
             img = ImageOps.exif_transpose(img)
         img = to_rgb(img)
-        box = crop_box(img.size, rng)
         w, h = img.size
-        return to_tensor(resize_crop(img, resolution, box=box)), (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
+        bucket = bucket or nearest_bucket(table, h, w)
+        box = crop_box(img.size, rng, bucket)
+        return to_tensor(resize_crop(img, bucket, box=box)), (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
     except Skip:
         raise
     except Exception as err:  # noqa: BLE001 - truncated/corrupt pixel data surfaces only at load
@@ -175,18 +200,20 @@ def record_parts(record: Record, columnar: bool, opts: DecodeOptions,
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """What image decoding needs from the config (`data.*` and the top resolution)."""
+    """What image decoding needs from the config (`data.*`, the top resolution and the bucket table)."""
 
     resolution: int
     min_size: int = 0
     max_pixels: int = 64_000_000
     caption_column: str = "caption"
     image_column: str = "image"
+    buckets: tuple[Bucket, ...] = ()  # data.buckets' table; empty: resolution x resolution
 
     @classmethod
     def from_config(cls, cfg) -> DecodeOptions:
         d = cfg.data
-        return cls(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column)
+        return cls(cfg.resolution, cfg.min_image_side(), d.max_pixels, d.caption_column, d.image_column,
+                   tuple(bucket_table(cfg)))  # fmt: skip
 
 
 def decode_record(decoder: Decoder, record: Record, columnar: bool, repaired: Counter,
@@ -221,7 +248,7 @@ class Decoder(Protocol):
 
 @dataclass(frozen=True)
 class ImageDecoder:
-    """Image shards: decode, resize, crop (random with `rng`, else centred), scale to [-1, 1]."""
+    """Image shards: decode, nearest bucket, crop (random with `rng`, else centred), resize, scale to [-1, 1]."""
 
     options: DecodeOptions
     latents: ClassVar[bool] = False
@@ -231,6 +258,6 @@ class ImageDecoder:
         """A usable sample, or Skip; repairs count only for samples that are kept."""
         opts, fixes = self.options, Counter()
         image, caption, metadata = record_parts(record, columnar, opts, fixes)
-        pixels, crop = decode_image(image, opts.resolution, rng, opts.max_pixels, opts.min_size)
+        pixels, crop = decode_image(image, opts.resolution, rng, opts.max_pixels, opts.min_size, opts.buckets)
         repaired.update(fixes)
-        return Sample(record.key, pixels, caption, metadata, epoch, crop)
+        return Sample(record.key, pixels, caption, metadata, epoch, crop, size=tuple(pixels.shape[-2:]))

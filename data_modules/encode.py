@@ -2,6 +2,8 @@
 
 Reading is the training reader's (split over ranks x dataloader workers, every sample exactly once; bad
 samples skipped and counted by the same reasons), in evaluation mode: one pass, centre crops, no shuffle.
+Each sample is encoded at its aspect-ratio bucket (data.buckets; batches hold one bucket each, the partial
+ones flushed at the end of the pass) and its payload's header names the bucket.
 The encoders come in from the caller (`nami.parts.build_encoders`; this package sits below the models), with
 the device and autocast dtype to run them in. The layout is `precomputed.py`'s.
 
@@ -34,7 +36,7 @@ from nami.text_embedding import TextEmbedding
 
 from .formats import resolve_data
 from .precomputed import (FORMAT, META_FILE, PAYLOAD, PROGRESS_DIR, UNCONDITIONAL_FILE, VERSION, encoder_fingerprint,
-                          payload, progress_path)  # fmt: skip
+                          payload, progress_path, recorded_fingerprint)  # fmt: skip
 from .precomputed_dir import read_meta, read_progress
 from .progress import Progress
 from .records import Sample
@@ -80,9 +82,10 @@ def _claim(out: Path, meta: dict) -> None:
     if old is None:
         _write_json(path, meta)
         return
+    recorded = {"encoder": recorded_fingerprint(old.get("encoder", {})), "sources": old.get("sources", {})}
     for section in ("encoder", "sources"):
-        for key in sorted(set(meta[section]) | set(old.get(section, {}))):
-            was, now = old.get(section, {}).get(key), meta[section].get(key)
+        for key in sorted(set(meta[section]) | set(recorded[section])):
+            was, now = recorded[section].get(key), meta[section].get(key)
             if was != now:
                 name = key if section == "encoder" else "data.shards"
                 raise ConfigError(name, f"{out} holds an encode with {section} {key}={was!r}, this one has {now!r}; "
@@ -124,9 +127,9 @@ class ShardWriter:
         self.samples = 0
 
     def add(self, sample: Sample, latent: torch.Tensor, text: TextEmbedding, resolution: int) -> None:
-        """One sample: its latent and text embedding (one row each), caption and metadata."""
+        """One sample: its latent and text embedding (one row each) at its bucket, caption and metadata."""
         base = f"{self.samples:08d}"
-        members = {PAYLOAD: payload(latent, text, sample.key, resolution, sample.crop),
+        members = {PAYLOAD: payload(latent, text, sample.key, resolution, sample.crop, sample.size),
                    "txt": sample.caption.encode("utf-8"),
                    "json": json.dumps(sample.metadata, default=str).encode("utf-8")}  # fmt: skip
         for ext, data in members.items():

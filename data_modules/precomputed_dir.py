@@ -1,7 +1,7 @@
 """A directory of precomputed shards (`precomputed.py`): its description files read and checked before any compute.
 
 `nami-encode.json`, the progress files and `unconditional.safetensors` are written by `nami data encode`; one
-that is damaged, incomplete or does not fit the config is one ConfigError line naming the file (under
+that is damaged, incomplete or does not fit the config (its autoencoder, text encoder, resolution or bucket table) is one ConfigError line naming the file (under
 data.shards when training reads the directory, under --out when an encode resumes into it), never a
 traceback. Each is read up to a bound (DESCRIPTION_MAX_BYTES; the unconditional file: data.max_member_bytes).
 """
@@ -21,7 +21,7 @@ from nami.text_embedding import TextEmbedding
 from .formats.base import read_bounded
 from .formats.webdataset import WebDataset
 from .precomputed import (FORMAT, META_FILE, SHARD_NAME, UNCONDITIONAL_FILE, PayloadLayout, encoder_fingerprint,
-                          payload_text, progress_path)  # fmt: skip
+                          payload_text, progress_path, recorded_fingerprint)  # fmt: skip
 from .records import Shard
 
 DESCRIPTION_MAX_BYTES = 2**20  # nami-encode.json and progress files are a few KB
@@ -91,7 +91,17 @@ def read_progress(root: str, rank: int, key: str = "data.shards") -> dict | None
             counts = _field(state, name, dict, url, key)
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
                 raise ConfigError(key, f"{url} is damaged: a worker's {name} counts are not integers")
+        pending = state.get("pending", [])  # places of samples waiting for their bucket (stream.WorkerState)
+        if not isinstance(pending, list) or not all(
+            isinstance(a, list) and len(a) == 4 and all(_whole(x) for x in a) for a in pending
+        ):
+            raise ConfigError(key, f"{url} is damaged: a worker's pending samples are not [epoch, piece, block, "
+                                   "item] places")  # fmt: skip
     return progress
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _directories(shards: list[Shard]) -> list[str]:
@@ -112,8 +122,9 @@ def check_precomputed(cfg: NamiConfig, shards: list[Shard]) -> None:
         if meta is None:
             raise ConfigError("data.shards", f"{root} has no {META_FILE}: data.precomputed=true reads the output "
                                              "of `nami data encode CONFIG --out DIR`")  # fmt: skip
+        recorded = recorded_fingerprint(meta["encoder"])
         for key, value in want.items():
-            stored = meta["encoder"].get(key)
+            stored = recorded.get(key)
             if stored != value:
                 raise ConfigError(key, f"is {value!r} but the precomputed shards in {root} were encoded with "
                                        f"{stored!r}; re-encode them or set {key}={stored}")  # fmt: skip

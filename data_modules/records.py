@@ -88,11 +88,13 @@ class Skip(Exception):
 
 @dataclass
 class Sample:
-    """A decoded sample: image (3, R, R) float32 in [-1, 1], caption, metadata as written, epoch read in;
-    `crop` is the square crop taken, as fractions (left, top, right, bottom) of the decoded image.
+    """A decoded sample: image (3, H, W) float32 in [-1, 1] at its aspect-ratio bucket `size` (height, width in
+    pixels; resolution x resolution with data.buckets square), caption, metadata as written, epoch read in;
+    `crop` is the crop taken (the bucket's aspect ratio), as fractions (left, top, right, bottom) of the decoded
+    image.
 
-    From precomputed shards (data.precomputed) `image` is the stored full-size latent (C, h, w) and `text` the
-    stored text embedding of the caption, one row (states (L, D), mask (L,), pooled (P,))."""
+    From precomputed shards (data.precomputed) `image` is the stored full-size latent (C, h, w) of its bucket
+    `size` and `text` the stored text embedding of the caption, one row (states (L, D), mask (L,), pooled (P,))."""
 
     key: str
     image: torch.Tensor
@@ -101,6 +103,7 @@ class Sample:
     epoch: int = 0
     crop: tuple[float, float, float, float] | None = None
     text: TextEmbedding | None = None
+    size: tuple[int, int] | None = None  # the bucket, (height, width) in pixels; batches hold one size each
 
 
 @dataclass(frozen=True)

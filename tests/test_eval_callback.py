@@ -57,7 +57,8 @@ class _Rendered:
     def __init__(self, real, module: JointFlowModule):
         self.real, self.module = real, module
 
-    def sample(self, prompts, steps=None, guidance=None, seed=0, mode=None, keep_stages=False, batch_size=None):
+    def sample(self, prompts, steps=None, guidance=None, seed=0, mode=None, keep_stages=False, batch_size=None,
+               height=None, width=None):  # fmt: skip
         if keep_stages:  # the sample grid
             return self.real.sample(prompts, steps, guidance, seed=seed, mode=mode, keep_stages=True)
         cfg = self.module.cfg
@@ -186,22 +187,26 @@ def test_demo_reads_and_plots_the_eval_curve(scored_run, tmp_path):
     assert Image.open(tmp_path / "curve.png").size == (700, 400)
 
 
-def test_training_evaluation_samples_the_images_nami_eval_samples(tmp_path):
-    """Same prompts, noise seeds and sampler as `nami eval --num N` on the same (EMA) weights."""
+@pytest.mark.parametrize("size", [None, (16, 64)])
+def test_training_evaluation_samples_the_images_nami_eval_samples(tmp_path, size):
+    """Same prompts, noise seeds, sampler and image size (eval.size: a named bucket, else the square) as
+    `nami eval --num N` on the same (EMA) weights."""
+    from nami.eval.report import sample_and_score
     from nami.parts import build_parts
     from nami.sampling import Pipeline
 
+    at = [f"eval.size=[{size[0]},{size[1]}]"] if size else []
     cfg = load(EXPERIMENTS / "tiny.yaml", [*LEARNED_TEXT, "bridge.kind=identity", "sampler.steps=[2,1,1]",
-                                           "eval.batch_size=4", "eval.train_per_category=1"])  # fmt: skip
+                                           "eval.batch_size=4", "eval.train_per_category=1", *at])  # fmt: skip
     parts = build_parts(cfg, fitted=False)
     torch.nn.init.normal_(parts.model.final.linear.weight, std=0.05)  # a head that draws something
     module = JointFlowModule(cfg, parts)
     images = EvalCallback(cfg, every=1, per_category=1)._sample(_SingleProcess(), module)
-    assert images.dtype == torch.uint8 and images.shape == (6, 3, 32, 32)
+    assert images.dtype == torch.uint8 and images.shape == (6, 3, *(size or (32, 32)))
     ema = module.ema
     inference = Pipeline.from_config(parts, cfg, model=ema["model"], text_encoder=ema["text_encoder"])
-    captions = [s["caption"] for s in prompt_set(1, cfg.eval.seed, cfg.resolution)]
-    reference = inference.sample(captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size).images
+    report, reference = sample_and_score(inference, cfg, per_category=1, progress=False)  # what `nami eval` runs
+    assert (report["height"], report["width"]) == (size or (32, 32))
     assert torch.equal(images, torch.stack([torch.from_numpy(to_rgb_uint8(im)).permute(2, 0, 1) for im in reference]))
     assert images.float().std() > 10  # not a blank set
 

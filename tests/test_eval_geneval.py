@@ -50,6 +50,20 @@ def test_ground_truth_renders_score_at_least_099_in_every_category(resolution):
     assert scores["overall"] == pytest.approx(np.mean([scores[c] for c in CATEGORIES]))
 
 
+@pytest.mark.parametrize("size", [(32, 64), (64, 32), (48, 48)])
+def test_a_prompt_set_at_a_bucket_asks_the_same_prompts_rendered_at_that_size(size):
+    """eval.size: the scenes are laid out for the bucket's aspect ratio and rendered at exactly its size (FID's
+    reference images), the prompts are the square set's, and the ground truth still scores."""
+    square, specs = prompt_set(20, resolution=48), prompt_set(20, resolution=48, size=size)
+    asked = [[s["caption"], s["include"], s["exclude"]] for s in square]
+    assert [[s["caption"], s["include"], s["exclude"]] for s in specs] == asked
+    assert {render(s).size for s in specs} == {(size[1], size[0])}  # PIL: (width, height)
+    if size[0] != size[1]:
+        assert [s["objects"] for s in specs] != [s["objects"] for s in square]  # laid out for the wider frame
+    scores = evaluate([render(s) for s in specs], specs)
+    assert min(scores[c] for c in CATEGORIES) >= 0.95, [r["reason"] for r in scores["results"] if not r["correct"]]
+
+
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_detections_are_the_drawn_objects_with_subpixel_boxes(resolution):
     for spec in prompt_set(10, seed=7, resolution=resolution):

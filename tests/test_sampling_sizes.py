@@ -143,6 +143,37 @@ def test_nami_sample_writes_images_at_height_and_width(model_dir, tmp_path):
     assert not (tmp_path / "never").exists()  # refused before anything was written
 
 
+def test_nami_eval_scores_at_a_named_bucket(model_dir, tmp_path):
+    """`nami eval --height --width` (or eval.size) samples and scores GenEval-Shapes at that size; the report and
+    every kept image say so."""
+    args = ["eval", "--ckpt", model_dir, "--num", "1", "--json", "sampler.steps=[1,1,1]", "--save-images"]
+    result = subprocess.run(nami_command(*args, "--out", tmp_path / "a", "--height", "16", "--width", "64"),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert (report["height"], report["width"]) == (16, 64) and report["images"] == 6
+    assert {Image.open(p).size for p in (tmp_path / "a" / "0001").glob("*.png")} == {(64, 16)}
+    same = subprocess.run(nami_command(*args, "--out", tmp_path / "b", "eval.size=[16,64]"), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert same.returncode == 0, same.stderr[-2000:]
+    for name in ("00000.png", "00005.png"):  # the key and the flags are one setting: the same images
+        assert (tmp_path / "a" / "0001" / name).read_bytes() == (tmp_path / "b" / "0001" / name).read_bytes()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--height", "33"], "nami: error: --height: 33 px is off the stage grid"),
+    (["eval.size=[16,70]"], "nami: error: eval.size width: 70 px is off the stage grid"),
+    (["eval.size=[16]"], "nami: error: eval.size: must be [height, width]"),
+])  # fmt: skip
+def test_nami_eval_refuses_a_size_off_the_grid_in_one_line(model_dir, tmp_path, args, needle):
+    argv = nami_command("eval", "--ckpt", model_dir, "--num", "1", "--save-images", "--out", tmp_path / "never", *args)
+    bad = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    err = bad.stderr.strip()
+    assert bad.returncode == 2 and len(err.splitlines()) == 1 and err.startswith(needle), err
+    assert "nearest valid" in err or "[height, width]" in err
+    assert not (tmp_path / "never").exists()  # refused before anything was written
+
+
 def test_bench_sampling_at_a_non_square_bucket_counts_that_buckets_flops(tiny):
     from nami.perf.bench import bench_sampling
 

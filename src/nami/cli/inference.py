@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..artifacts.layout import EVALS, SAMPLES
 from ..config import ConfigError, NamiConfig
-from ..config.buckets import check_image_size, grid_step
+from ..config.buckets import check_image_size, eval_size, grid_step
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED, MAX_SIDE
 from .common import positive_int
 from .prompt_files import add_prompt_file_args, cmd_sample_prompts
@@ -87,6 +87,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out and not args.save_images:
         raise ConfigError("--out", "is where --save-images writes; add --save-images")
     cfg = config_for_checkpoint(args, list(args.overrides))
+    if args.height or args.width:  # a named bucket (or any size on the grid): sets eval.size
+        height, width = args.height or eval_size(cfg)[0], args.width or eval_size(cfg)[1]
+        check_image_size(height, width, grid_step(cfg), MAX_SIDE, ("--height", "--width"))  # before anything is written
+        cfg.eval.size = [height, width]
     # the output directory first: a bad --out costs nothing
     out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / EVALS) if args.save_images else None
     report, images = sample_and_score(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
@@ -160,4 +164,9 @@ def add_commands(sub) -> None:
                           help="keep every scored image, with results.jsonl (per-image scores) and report.json, "
                                "in a new numbered directory under --out (default: the weights' directory/eval)")
     evaluate.add_argument("--out", help="with --save-images: where its numbered directory goes")
+    evaluate.add_argument("--height", type=positive_int, help="image height in pixels to sample and score at (sets "
+                                                              "eval.size; default: eval.size, else resolution), "
+                                                              "e.g. a data.buckets size")  # fmt: skip
+    evaluate.add_argument("--width", type=positive_int, help="image width in pixels (default: eval.size, else "
+                                                             "resolution)")  # fmt: skip
     evaluate.set_defaults(func=cmd_eval)

@@ -8,6 +8,8 @@ so a side is usable only when it divides by autoencoder.downsample x model.patch
     auto     about resolution^2 pixels each, aspect ratios 1:4 to 4:1, every side on the grid (`auto_buckets`)
     [[h, w], ...]  an explicit list, checked by `check_buckets` (on the grid, within the memory bound)
 
+`eval.size` names the size evaluations sample at (`eval_size`, checked by `check_eval_size`).
+
 Each sample goes to the bucket nearest its aspect ratio (`nearest_bucket`). This module imports nothing but
 the config, so the data side, the models, the sampler and the FLOP model read one table.
 """
@@ -159,3 +161,21 @@ def check_buckets(cfg, max_side: int) -> None:
         if bucket in seen:
             raise ConfigError(entry, f"{bucket.name} is listed twice")
         seen.add(bucket)
+
+
+def eval_size(cfg) -> tuple[int, int]:
+    """(height, width) in pixels that `nami eval` and the evaluations during training sample at: eval.size, else
+    the square resolution."""
+    size = cfg.eval.size
+    return (int(size[0]), int(size[1])) if size is not None else (cfg.resolution, cfg.resolution)
+
+
+def check_eval_size(cfg, max_side: int) -> None:
+    """`eval.size` is null or [height, width] on the stage grid (any size sampling takes); otherwise one ConfigError
+    line naming the key and the nearest valid sizes."""
+    size, key = cfg.eval.size, "eval.size"
+    if size is None:
+        return
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ConfigError(key, f"must be [height, width] in pixels or null, got {size!r}")
+    check_image_size(size[0], size[1], grid_step(cfg), max_side, (f"{key} height", f"{key} width"))

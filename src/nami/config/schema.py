@@ -265,6 +265,10 @@ class EvalConfig:
     keep_best: bool = False  # training: also keep the checkpoint with the best eval/overall
     # training: prompts per category of those evaluations (the first of `nami eval`'s set, same noise seeds)
     train_per_category: int = 10
+    # the image size `nami eval` and the evaluations during training sample at: [height, width] in pixels on the
+    # stage grid (e.g. a data.buckets size; nami.config.buckets.eval_size); None: resolution x resolution. Typed
+    # Any: a list or null.
+    size: Any = None
 
 
 @dataclass

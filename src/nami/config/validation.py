@@ -6,7 +6,7 @@ import math
 
 from .. import registry
 from ..errors import ConfigError
-from .buckets import check_buckets, grid_step
+from .buckets import check_buckets, check_eval_size, grid_step
 from .schema import DataConfig, NamiConfig
 
 # Choices that belong to the config itself; component names come from `nami.registry`.
@@ -214,6 +214,7 @@ def validate(cfg: NamiConfig) -> None:
     if cfg.eval.keep_best and cfg.eval.every_n_steps == 0:
         raise ConfigError("eval.keep_best", "needs evaluations during training: set eval.every_n_steps > 0")
     _check_eval_kind(cfg)
+    check_eval_size(cfg, MAX_SIDE)
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_finetune(cfg)
     for key in ("max_steps", "checkpoint_every", "log_every_n_steps", "devices", "num_nodes", "keep_checkpoints",

@@ -37,19 +37,31 @@ def prompts_per_category(prompt_set_name: str, per_category: int | None, default
     return per_category or default
 
 
-def prompt_set(per_category: int, seed: int = 1000, resolution: int = 32) -> list[dict[str, Any]]:
-    """`per_category` specs of each category in generation order; seed 1000 stays apart from training's 0."""
+def prompt_set(per_category: int, seed: int = 1000, resolution: int = 32,
+               size: tuple[int, int] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """`per_category` specs of each category in generation order; seed 1000 stays apart from training's 0.
+
+    `size` (height, width in pixels; None: the square resolution) lays the scenes out at that aspect ratio and
+    renders them at that size (FID's reference images). Captions, include and exclude do not depend on it: a
+    spec draws them before its layout, so every size asks the same prompts."""
     if per_category < 1:
         raise ValueError(f"per_category must be >= 1, got {per_category}")
+    square = size is None or tuple(size) == (resolution, resolution)
     quota = dict.fromkeys(CATEGORIES, per_category)
     specs, index = [], 0
     while any(quota.values()):  # make_spec cycles through the categories; the loop does not rely on it
-        spec = make_spec(index, seed, resolution)
+        spec = make_spec(index, seed, resolution) if square else at_size(make_spec(index, seed, resolution,
+                                                                                   size[1] / size[0]), size)
         if quota[spec["category"]]:
             quota[spec["category"]] -= 1
             specs.append(spec)
         index += 1
     return specs
+
+
+def at_size(spec: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """The spec rendered at exactly height x width pixels (its layout drawn for about that aspect ratio)."""
+    return {**spec, "height": int(size[0]), "width": int(size[1])}
 
 
 def _name(req: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from ..config.buckets import eval_size
 from .geneval import evaluate, prompt_set, prompts_per_category
 from .metrics import clip_score, fid_score
 
@@ -60,15 +61,17 @@ def sample_and_score(pipeline, cfg, per_category: int | None = None, progress: b
     """`evaluate_pipeline`'s report and the images it scored ((N, 3, H, W) in [-1, 1], prompt i sampled with
     noise seed eval.seed + i; `report["results"][i]` is image i's)."""
     count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
-    specs = prompt_set(count, cfg.eval.seed, cfg.resolution)
+    height, width = eval_size(cfg)
+    specs = prompt_set(count, cfg.eval.seed, cfg.resolution, (height, width))
     captions = [s["caption"] for s in specs]
     start = time.perf_counter()
-    images = pipeline.sample(captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress).images
+    images = pipeline.sample(captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress,
+                             height=height, width=width).images  # fmt: skip
     sampling_s = time.perf_counter() - start
     report = score_images(cfg, specs, images)
     settings = pipeline.settings
     report.update(images=len(specs), sampling_s=sampling_s, mode=settings.mode, steps=settings.steps_for(),
-                  guidance=settings.guidance)  # fmt: skip
+                  guidance=settings.guidance, height=height, width=width)  # fmt: skip
     return report, images
 
 
@@ -76,7 +79,8 @@ def format_eval(report: dict) -> str:
     """Human-readable scores (per-image results stay in the JSON)."""
     from .shapes import CATEGORIES
 
-    lines = [f"GenEval-Shapes, {report['images']} images ({report['mode']}, steps {report['steps']}, "
+    lines = [f"GenEval-Shapes, {report['images']} images of {report['height']}x{report['width']} px "
+             f"({report['mode']}, steps {report['steps']}, "
              f"guidance {report['guidance']}, sampled in {report['sampling_s']:.1f}s); "
              "+- binomial standard error"]  # fmt: skip
     for category in CATEGORIES:

@@ -1,7 +1,8 @@
 """What the evaluation during training samples and how it scores it (`eval.kind`), for `EvalCallback`.
 
-Both sets offer `prompts` and `seeds` (image j samples prompt j with seed j) and `score(images, device)`, a dict
-of floats logged as eval/<name>:
+Both sets offer `prompts` and `seeds` (image j samples prompt j with seed j), `size` (the (height, width) in pixels
+they are sampled at: eval.size, else the square) and `score(images, device)`, a dict of floats logged as
+eval/<name>:
 - `ShapesSet` (`shapes`, the default): the first `eval.train_per_category` prompts per category of `nami eval`'s
   GenEval-Shapes set with its noise seeds; the six categories, overall, and FID / CLIPScore with weights.
 - `PromptSet` (`prompts`): a fixed prompt file (`eval.prompts`, read by the caller) with fixed seeds; CLIP
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config.buckets import eval_size
 from .fid import FidStatistics, frechet_distance, inception_features, load_inception, reference_statistics
 from .geneval import prompt_set
 from .metrics import clip_score
@@ -25,7 +27,8 @@ class ShapesSet:
 
     def __init__(self, cfg, per_category: int):
         self.cfg = cfg
-        self.specs = prompt_set(per_category, cfg.eval.seed, cfg.resolution)
+        self.size = eval_size(cfg)  # (height, width) sampled at
+        self.specs = prompt_set(per_category, cfg.eval.seed, cfg.resolution, self.size)
         self.prompts = [s["caption"] for s in self.specs]
         self.seeds = [cfg.eval.seed + j for j in range(len(self.specs))]  # as `nami eval` samples them
         self.identity = prompt_set_identity(self.specs, "standard", cfg.eval.seed)
@@ -45,6 +48,7 @@ class PromptSet:
 
     def __init__(self, cfg, prompts: list[str], seeds: list[int]):
         self.cfg, self.prompts, self.seeds = cfg, list(prompts), list(seeds)
+        self.size = eval_size(cfg)  # (height, width) sampled at
         self.identity = None  # keep_best ranks GenEval-Shapes only (config validation)
         self._inception: torch.nn.Module | None = None
         self._reference: FidStatistics | None = None

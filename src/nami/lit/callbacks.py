@@ -24,12 +24,13 @@ from ..sampling.images import captioned_grid, stage_panels, zoom
 from ..sampling.prompts import image_seed, read_prompts
 
 
-def throughput_monitor(stage_tokens: list[int], log_every_n_steps: int) -> ThroughputMonitor:
+def throughput_monitor(stage_tokens, log_every_n_steps: int) -> ThroughputMonitor:
     """Lightning's monitor: samples/s, image tokens/s ('items') and, on known GPUs, MFU (module.flops_per_batch).
-    `stage_tokens[k]` is the image-token count of one stage-k sample (computed once per run)."""
+    `stage_tokens(size)[k]` is the image-token count of one stage-k sample of the batch's bucket `size`."""
 
     def tokens(batch) -> int:
-        return sum(len(keys) * stage_tokens[k] for keys, k in zip(batch.keys, batch.stages))
+        per_stage = stage_tokens(batch.size)
+        return sum(len(keys) * per_stage[k] for keys, k in zip(batch.keys, batch.stages))
 
     # rates are averaged over a window of batches; values appear once the window is full
     window = max(2, min(20, log_every_n_steps))
@@ -186,7 +187,8 @@ class EvalCallback(EveryNSteps):
     with their weights, eval/clip_score and eval/fid (nami.eval.sets).
 
     The prompts are the first `per_category` of each category of `nami eval`'s set, sampled with the same noise
-    seeds and sampler settings, so a score here is `nami eval --num per_category` of those weights. Logged as
+    seeds, sampler settings and image size (eval.size), so a score here is `nami eval --num per_category` of
+    those weights. Logged as
     eval/<category> and eval/overall (plus eval/fid and eval/clip_score when their weights are configured).
     With `best_dir`, best_dir/best.ckpt (weights only) holds the step with the best eval/overall so far and
     best.json its scores; that record carries across resumes, and a best.ckpt without one is never replaced.
@@ -254,7 +256,9 @@ class EvalCallback(EveryNSteps):
         n, world = len(self.eval_set.prompts), trainer.world_size
         mine = rank_share(n, world, trainer.global_rank)
         captions, seeds = [self.eval_set.prompts[j] for j in mine], [self.eval_set.seeds[j] for j in mine]
-        result = pl_module.pipeline(use_ema=True).sample(captions, seed=seeds, batch_size=self.cfg.eval.batch_size)
+        height, width = self.eval_set.size  # eval.size: a named bucket, else the square
+        result = pl_module.pipeline(use_ema=True).sample(captions, seed=seeds, batch_size=self.cfg.eval.batch_size,
+                                                         height=height, width=width)  # fmt: skip
         images = torch.stack([torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1) for image in result.images])
         if world > 1:  # (world, share, ...) in rank order, which is prompt order
             images = trainer.strategy.all_gather(images.to(pl_module.device)).flatten(0, 1).cpu()

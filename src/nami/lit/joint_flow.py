@@ -105,7 +105,8 @@ class JointFlowModule(L.LightningModule):
     with `load_from_checkpoint` (the checkpoint then fills in every weight, the bridge's included).
 
     The batch says what it holds (`data_modules.StageBatch`): pixels or latents (`latents`), already pooled to
-    each stage or not (`pooled`), and stored text embeddings or captions only (`text`). A batch from
+    each stage or not (`pooled`), and stored text embeddings or captions only (`text`). Every batch is one
+    aspect-ratio bucket (`size`, data.buckets): its groups are whatever shape that bucket's stages have. A batch from
     precomputed shards (data.precomputed) holds full-size latents and stored text embeddings: the module pools
     the latents per stage and swaps in `unconditional` (the stored embedding of the empty prompt) where caption
     dropout drops a caption. Its parts then come without the frozen encoders (`build_parts(...,
@@ -149,8 +150,9 @@ class JointFlowModule(L.LightningModule):
         self.initialised_from: str | None = None  # trainer.init_from, once load_initial_weights filled the parts
         self._skip_step = False  # a micro-batch of the current optimizer step had a non-finite loss
         self._running: dict[str, tuple[torch.Tensor, int]] = {}  # logged means over a step's micro-batches
-        # the static FLOP model, once per run: Lightning's ThroughputMonitor reads flops_per_batch (MFU on GPUs)
-        self.stage_flops = [forward_cost(cfg, k).total for k in range(cfg.num_stages)]
+        # the static FLOP model, once per bucket: Lightning's ThroughputMonitor reads flops_per_batch (MFU on GPUs)
+        self._stage_flops: dict[tuple[int, int], list[int]] = {}
+        self.stage_flops = self.stage_flops_at(None)
         self.flops_per_batch = 0
 
     # ---- parts ----------------------------------------------------------------------------------------
@@ -359,6 +361,13 @@ class JointFlowModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def stage_flops_at(self, size: tuple[int, int] | None) -> list[int]:
+        """FLOPs of one forward per stage for an image of `size` (a batch's bucket; None: the square)."""
+        size = size or (self.cfg.resolution, self.cfg.resolution)
+        if size not in self._stage_flops:
+            self._stage_flops[size] = [forward_cost(self.cfg, k, size=size).total for k in range(self.cfg.num_stages)]
+        return self._stage_flops[size]
+
     # ---- training -------------------------------------------------------------------------------------
     def stage_latents(self, images: torch.Tensor, k: int, pooled: bool, latents: bool = False) -> torch.Tensor:
         """Model-space data of one stage group. `pooled` groups were already brought to the stage's side in
@@ -421,7 +430,8 @@ class JointFlowModule(L.LightningModule):
             self.log(f"train/loss_stage{k}", self._step_mean(f"stage{k}", loss_k, n), batch_size=n, sync_dist=True)
         self.log("train/loss", self._step_mean("total", loss, total), prog_bar=True, batch_size=total, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=total)
-        self.flops_per_batch = 3 * sum(n * self.stage_flops[k] for k, n, _ in losses)
+        stage_flops = self.stage_flops_at(getattr(batch, "size", None))  # the batch's bucket
+        self.flops_per_batch = 3 * sum(n * stage_flops[k] for k, n, _ in losses)
         return loss
 
     def _step_mean(self, name: str, value: torch.Tensor, n: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ run directory (`nami.artifacts.RunDir`: its layout, the rules for reusing one, t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import warnings
@@ -189,7 +190,10 @@ def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) 
 
 def _training_callbacks(cfg: NamiConfig, run: RunDir) -> list[L.Callback]:
     t = cfg.trainer
-    tokens = [image_tokens(cfg, k) for k in range(cfg.num_stages)]
+    @functools.cache
+    def tokens(size: tuple[int, int] | None) -> list[int]:  # per stage, for a batch's bucket (None: the square)
+        return [image_tokens(cfg, k, size) for k in range(cfg.num_stages)]
+
     callbacks = [StepCheckpoints(run.checkpoints, t.checkpoint_every, t.keep_checkpoints),
                  throughput_monitor(tokens, t.log_every_n_steps), SkipCounts(t.log_every_n_steps),
                  SampleGrid(run.samples, cfg.log.sample_prompts, cfg.log.sample_seed, cfg.log.sample_every),

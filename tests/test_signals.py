@@ -20,7 +20,7 @@ from nami import signals
 from nami.cli import main
 from nami.errors import Interrupted
 
-from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command
+from .helpers import EXPERIMENTS, LEARNED_TEXT, nami_command, tensorboard_scalars
 from .prompt_fixtures import random_model_dir
 
 
@@ -118,6 +118,7 @@ def test_sigterm_mid_accumulation_stops_after_the_step_with_its_checkpoint_and_r
     started = records(stopped)
     assert started[-2:] == [(step - 1, 0), (step - 1, 1)]  # a whole optimizer step, and nothing after it
     assert torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"] == step
+    assert sorted(tensorboard_scalars(stopped / "tb")["train/loss"]) == list(range(step))  # the last step's too
     assert not (stopped / "weights.safetensors").exists() and not (stopped / "export").exists()
     assert not list(stopped.rglob("*partial*")) and not (stopped / ".lock").exists()
 

@@ -27,6 +27,7 @@ from typing import Iterator
 from .errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGTERM first: when ranks got different ones, it decides
+AFTER_BATCH = "stopping after the current batch of images"  # the note of the sampling loops' deferring_stop
 
 
 class _State:
@@ -119,3 +120,8 @@ def deferring_stop(note: str) -> Iterator[None]:
 def stop_signal() -> int | None:
     """The stop signal this process received while handling them (None: none)."""
     return _state.received if active() else None
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal came (the `stop` a sampling loop asks between batches)."""
+    return stop_signal() is not None

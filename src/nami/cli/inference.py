@@ -16,16 +16,9 @@ from ..config import ConfigError, NamiConfig
 from ..config.buckets import check_image_size, grid_step
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED, MAX_SIDE
 from ..errors import Interrupted
-from ..signals import deferring_stop, stop_signal
+from ..signals import AFTER_BATCH, deferring_stop, stop_requested, stop_signal
 from .common import positive_int
 from .prompt_files import add_prompt_file_args, cmd_sample_prompts
-
-
-BATCH_NOTE = "stopping after the current batch of images"
-
-
-def stop_requested() -> bool:
-    return stop_signal() is not None
 
 
 def config_for_checkpoint(args: argparse.Namespace, overrides: list[str]) -> NamiConfig:
@@ -78,7 +71,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     # the output directory first: a bad --out costs nothing
     out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / SAMPLES)
     pipeline = pipeline_with_adapters(cfg, args)
-    with deferring_stop(BATCH_NOTE):  # a stop signal ends the sampling after the current batch
+    with deferring_stop(AFTER_BATCH):  # a stop signal ends the sampling after the current batch
         result = pipeline.sample(args.prompt, seed=args.seed, keep_stages=args.stages, batch_size=args.batch_size,
                                  progress=True, height=height, width=width, stop=stop_requested)  # fmt: skip
     done = len(result.images)
@@ -102,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = config_for_checkpoint(args, list(args.overrides))
     # the output directory first: a bad --out costs nothing
     out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / EVALS) if args.save_images else None
-    with deferring_stop(BATCH_NOTE):  # a stop signal ends the sampling after the current batch, scoring nothing
+    with deferring_stop(AFTER_BATCH):  # a stop signal ends the sampling after the current batch, scoring nothing
         report, images = sample_and_score(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json,
                                           stop=stop_requested)  # fmt: skip
     if report is None:

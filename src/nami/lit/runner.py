@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .. import signals
 from ..artifacts import RunDir, fitted_bridge
+from ..artifacts.run_dir import launched_by_rank_zero
 from ..artifacts.export import export_at_end_of_training
 from ..artifacts.layout import TENSORBOARD, TENSORBOARD_BRIDGE
 from ..artifacts.weights import init_directory, load_initial_weights
@@ -161,14 +164,9 @@ def _outlive_parent_rank(timeout: float = 30.0) -> None:
     """A rank that Lightning's launcher started from rank 0's process exits after rank 0: Lightning's watchdog
     there SIGKILLs every process as soon as one child ends with a non-zero status, which would cut rank 0's own
     stop (its lock, its exit status) short."""
-    import os
-    import time
-
-    from ..artifacts.run_dir import launched_by_rank_zero
-
-    parent = os.getppid()
     if not launched_by_rank_zero():
         return
+    parent = os.getppid()
     deadline = time.monotonic() + timeout
     while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -45,7 +45,7 @@ from ..artifacts.layout import identity
 from ..artifacts.lock import RunLock
 from ..config import ConfigError, NamiConfig, to_dict
 from ..errors import Interrupted
-from ..signals import deferring_stop, stop_signal
+from ..signals import AFTER_BATCH, deferring_stop, stop_requested, stop_signal
 from .images import save_png
 from .prompts import PromptEntry, check_ids, image_seed, prompts_digest
 
@@ -197,7 +197,7 @@ class PromptRun:
         kept = total - sum(not self.path(e, j).is_file() for batch in todo for e, j in batch)
         written = 0
         bar = tqdm(todo, desc="sampling", unit="batch", disable=not progress or not todo, dynamic_ncols=True)
-        with deferring_stop("stopping after the current batch of images"):
+        with deferring_stop(AFTER_BATCH):
             for n, batch in enumerate(bar):
                 self._before(batch)
                 height, width = self.size or (None, None)
@@ -209,7 +209,7 @@ class PromptRun:
                         write_atomically(path, lambda p, image=image: save_png(image, p))
                         written += 1
                 self._after(batch)
-                if stop_signal() is not None and n + 1 < len(todo):  # every image so far is whole: stop here
+                if stop_requested() and n + 1 < len(todo):  # every image so far is whole: stop here
                     bar.close()
                     raise Interrupted(stop_signal(), f"{kept + written} of {total} images are in {self.out}; the "
                                                      "same command continues")  # fmt: skip

@@ -1,9 +1,11 @@
 """Files and settings from outside refused before anything is allocated, and faults that lose nothing silently
-(issue 23, items 6-9, 12, 15, 16). Memory-bound cases run under an address-space limit in a subprocess."""
+(issue 23, items 6-9, 12, 15, 16; item 14, stop signals: test_signals.py). Memory-bound cases run under an
+address-space limit in a subprocess."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import resource
 import shutil
@@ -17,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from nami.config import load
 
-from .helpers import EXPERIMENTS, nami_command, train_tiny_run
+from .helpers import EXPERIMENTS, REPO, nami_command, train_tiny_run
 from .safety_fixtures import cli, one_error_line
 
 TINY = EXPERIMENTS / "tiny.yaml"
@@ -207,3 +209,71 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial(run, tmp_path):
     result = _limited(nami_command("export", run_copy, "--out", tmp_path / "exported"), file_size=64 << 10)
     assert result.returncode == 2 and "exported" in _one_line(result) and "File too large" in _one_line(result)
     assert not list(tmp_path.glob(".exported*")) and not (tmp_path / "exported").exists()
+
+
+def _read_only(directory) -> list[str]:
+    """The argv prefix that runs a command with `directory` read-only: a read-only bind mount in a private mount
+    namespace for root (whom permissions do not stop), `chmod a-w` for anyone else."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return []
+    prefix = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(directory)]
+    if shutil.which("unshare") is None or subprocess.run([*prefix, "true"], capture_output=True).returncode:
+        pytest.skip("no way to make a directory read-only for root here (unshare -rm with mount --bind)")
+    return prefix
+
+
+def test_export_into_a_read_only_directory_is_one_line(run, tmp_path):
+    """`nami export` with --out under a read-only directory, and into RUN/export of a read-only run directory
+    (numbered_directory's mkdir escaped as an OSError traceback): one line naming the path and the cause, nothing
+    left behind (item 16)."""
+    _, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir.path, copy)
+    shutil.rmtree(copy / "export")
+    (copy / "export").mkdir()  # there, but nothing exported into it yet
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for prefix, argv, named in ((_read_only(locked), ["--out", locked / "model"], locked / "model"),
+                                (_read_only(copy / "export"), [], copy / "export" / "0001")):  # fmt: skip
+        result = subprocess.run([*prefix, *map(str, nami_command("export", copy, *argv))], capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        line = _one_line(result)
+        assert result.returncode == 2 and str(named) in line, line
+        assert "Read-only file system" in line or "Permission denied" in line, line
+    assert list(locked.iterdir()) == [] and list((copy / "export").iterdir()) == []
+
+
+WRITE_WEIGHTS = """
+import sys
+from types import SimpleNamespace
+import torch
+from nami.errors import RunStopped
+from nami.lit.callbacks import ExportWeights
+
+module = SimpleNamespace(ema_weights=lambda: {"model.w": torch.zeros(1 << 20)})  # 4 MB
+try:
+    ExportWeights(sys.argv[1]).on_train_end(SimpleNamespace(is_global_zero=True, global_step=3), module)
+except RunStopped as err:
+    print(err)
+"""
+
+
+def test_weights_that_cannot_be_written_are_one_line_and_leave_no_partial(tmp_path):
+    """weights.safetensors at the end of training under a file-size limit (a full disk): one line naming it and the
+    cause, no partial file (it was written in place: a kill or a full disk left half a weights file)."""
+    target = tmp_path / "run" / "weights.safetensors"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", WRITE_WEIGHTS, str(target)], capture_output=True, text=True,
+                            timeout=300, env=env, preexec_fn=_file_size_limit(64 << 10))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"could not write {target}" in result.stdout and "File too large" in result.stdout, result.stdout
+    assert list(target.parent.iterdir()) == []
+
+
+def _file_size_limit(size: int):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from .helpers import REPO
 
-# nami.text_embedding: the one type the data side and the models share (a leaf: it imports torch alone)
-LOWER = ("nami.config", "nami.errors", "nami.registry", "nami.text_embedding")
+# nami.text_embedding: the one type the data side and the models share (a leaf: it imports torch alone);
+# nami.signals: how a stop signal is honoured (sampling loops, training and the CLI ask it)
+LOWER = ("nami.config", "nami.errors", "nami.registry", "nami.text_embedding", "nami.signals")
 MATH = (*LOWER, "nami.flow", "nami.bridges", "nami.models")
 # package -> the kit packages it may import (besides itself)
 ALLOWED = {
     "nami.errors": (),
     "nami.text_embedding": (),
+    "nami.signals": ("nami.errors",),
     "nami.registry": ("nami.errors",),
     "nami.config": ("nami.errors", "nami.registry"),
     "nami.flow": LOWER,

@@ -293,3 +293,5 @@ def numbered_directory(base: Path, key: str = "--out") -> Path:
             return path
         except FileExistsError:  # another call took it in the meantime
             number += 1
+        except OSError as err:  # a read-only or full file system under an existing `base`
+            raise ConfigError(key, f"cannot make the output directory {path} ({err.strerror or err})") from None

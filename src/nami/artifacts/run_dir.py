@@ -34,6 +34,13 @@ def is_first_process() -> bool:
     return all(int(os.environ.get(var, "0")) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def launched_by_rank_zero() -> bool:
+    """Whether this process is a rank that Lightning's launcher started from rank 0's process (which recorded the
+    run directory it claimed for it in NAMI_RUN_DIR)."""
+    parent, _, chosen = os.environ.get(CHOSEN_ENV, "").partition(":")
+    return bool(chosen) and parent == str(os.getppid()) and not is_first_process()
+
+
 def _describe(difference: tuple) -> str:
     key, old, new = difference
     return f"{key}={old!r}, this run has {new!r}"
@@ -167,9 +174,8 @@ class RunDir:
     def claim(cls, cfg: NamiConfig, training: bool = True) -> "RunDir":
         """The run directory for `cfg` (made, and its config recorded, if new), by the rules of the module
         docstring. `training`: the run will train from step 0 unless it resumes (bridge fitting does not)."""
-        parent, _, chosen = os.environ.get(CHOSEN_ENV, "").partition(":")
-        if chosen and parent == str(os.getppid()) and not is_first_process():
-            return cls(Path(chosen))  # rank 0 decided before it launched this process
+        if launched_by_rank_zero():
+            return cls(Path(os.environ[CHOSEN_ENV].partition(":")[2]))  # rank 0 decided before it launched this
         base = cls.named(cfg).path
         current = to_dict(cfg)
         policy = cfg.trainer.run_dir_exists

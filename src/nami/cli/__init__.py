@@ -1,5 +1,6 @@
 """The `nami` command: parse, load the config, call library code. Errors in config or input are one line
-on stderr and exit code 2, before any compute.
+on stderr and exit code 2, before any compute. `nami train`, `sample` and `eval` honour a stop signal (SIGTERM,
+SIGUSR1) where nothing is half done and exit with 128 + its number in one line (nami.signals).
 
 One module per command group (training.py, inference.py, export.py, data.py, bench.py, plan.py, convert.py,
 release.py); each offers `add_commands(sub)`.
@@ -9,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 
-from ..errors import ConfigError, RunStopped
+from ..errors import ConfigError, Interrupted, RunStopped
+from ..signals import handling_stop_signals
 from . import ablate, bench, convert, data, export, inference, metrics, plan, release, training
 
 COMMAND_GROUPS = (training, inference, export, data, bench, plan, convert, release, ablate)
 # commands that run the networks: they flush denormal floats on the CPU (lit/precision.py says why)
 COMPUTE_COMMANDS = {"train", "pretrain-bridge", "sample", "eval", "bench", "ablate"}
+# commands that stop cleanly on SIGTERM / SIGUSR1 (at an optimizer step, a batch of images), keeping their work
+STOPPABLE_COMMANDS = {"train", "sample", "eval"}
 
 
 def quiet_warnings() -> None:
@@ -60,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
         flush_denormals()
     try:
-        return args.func(args)
+        with handling_stop_signals() if args.command in STOPPABLE_COMMANDS else nullcontext():
+            return args.func(args)
+    except Interrupted as err:  # what was kept is in the line; exit 128 + the signal (143 for SIGTERM)
+        if not err.quiet:
+            print(f"nami: {err}", file=sys.stderr)
+        return err.code
     except ConfigError as err:
         print(f"nami: error: {err}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from ..artifacts.layout import EVALS, SAMPLES
 from ..config import ConfigError, NamiConfig
 from ..config.buckets import check_image_size, eval_size, grid_step
 from ..config.validation import MAX_PROMPTS_PER_CATEGORY, MAX_SEED, MAX_SIDE
+from ..errors import Interrupted
+from ..signals import AFTER_BATCH, deferring_stop, stop_requested, stop_signal
 from .common import positive_int
 from .prompt_files import add_prompt_file_args, cmd_sample_prompts
 
@@ -69,10 +71,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     # the output directory first: a bad --out costs nothing
     out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / SAMPLES)
     pipeline = pipeline_with_adapters(cfg, args)
-    result = pipeline.sample(args.prompt, seed=args.seed, keep_stages=args.stages, batch_size=args.batch_size,
-                             progress=True, height=height, width=width)  # fmt: skip
-    for path in write_samples(result, args.prompt, out, stages=args.stages):
+    with deferring_stop(AFTER_BATCH):  # a stop signal ends the sampling after the current batch
+        result = pipeline.sample(args.prompt, seed=args.seed, keep_stages=args.stages, batch_size=args.batch_size,
+                                 progress=True, height=height, width=width, stop=stop_requested)  # fmt: skip
+    done = len(result.images)
+    for path in write_samples(result, args.prompt[:done], out, stages=args.stages):
         print(path)
+    if done < len(args.prompt):
+        raise Interrupted(stop_signal(), f"{done} of {len(args.prompt)} images written to {out}")
     return 0
 
 
@@ -93,7 +99,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.eval.size = [height, width]
     # the output directory first: a bad --out costs nothing
     out = numbered_directory(Path(args.out) if args.out else weights_home(args.ckpt) / EVALS) if args.save_images else None
-    report, images = sample_and_score(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json)
+    with deferring_stop(AFTER_BATCH):  # a stop signal ends the sampling after the current batch, scoring nothing
+        report, images = sample_and_score(pipeline_with_adapters(cfg, args), cfg, args.num, progress=not args.json,
+                                          stop=stop_requested)  # fmt: skip
+    if report is None:
+        kept = f"; they are in {save_unscored_images(out, images, cfg.eval.seed)}" if out is not None else ""
+        raise Interrupted(stop_signal(), f"{len(images)} images sampled, none scored{kept}")
     if out is not None:
         report["saved"] = str(save_scored_images(out, images, report, cfg.eval.seed))
     if args.json:
@@ -101,6 +112,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(format_eval(report))
     return 0
+
+
+def save_unscored_images(out: Path, images, seed: int) -> Path:
+    """The images of an evaluation that a stop signal ended before scoring: <i:05d>.png and results.jsonl with
+    each file and its seed."""
+    from ..artifacts.files import write_atomically
+    from ..sampling.images import save_png
+
+    lines = []
+    for i, image in enumerate(images):
+        write_atomically(out / f"{i:05d}.png", lambda p, image=image: save_png(image, p))
+        lines.append(json.dumps({"file": f"{i:05d}.png", "seed": seed + i}))
+    write_atomically(out / "results.jsonl", lambda p: p.write_text("\n".join(lines) + "\n"))
+    return out
 
 
 def save_scored_images(out: Path, images, report: dict, seed: int) -> Path:

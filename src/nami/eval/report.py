@@ -57,16 +57,19 @@ def evaluate_pipeline(pipeline, cfg, per_category: int | None = None, progress: 
     return sample_and_score(pipeline, cfg, per_category, progress)[0]
 
 
-def sample_and_score(pipeline, cfg, per_category: int | None = None, progress: bool = True):
+def sample_and_score(pipeline, cfg, per_category: int | None = None, progress: bool = True, stop=None):
     """`evaluate_pipeline`'s report and the images it scored ((N, 3, H, W) in [-1, 1], prompt i sampled with
-    noise seed eval.seed + i; `report["results"][i]` is image i's)."""
+    noise seed eval.seed + i; `report["results"][i]` is image i's). `stop` (`Pipeline.sample`'s) ending the
+    sampling early: (None, the images sampled), nothing scored."""
     count = prompts_per_category(cfg.eval.prompt_set, per_category, cfg.eval.per_category)
     height, width = eval_size(cfg)
     specs = prompt_set(count, cfg.eval.seed, cfg.resolution, (height, width))
     captions = [s["caption"] for s in specs]
     start = time.perf_counter()
     images = pipeline.sample(captions, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress,
-                             height=height, width=width).images  # fmt: skip
+                             height=height, width=width, stop=stop).images  # fmt: skip
+    if len(images) < len(captions):
+        return None, images
     sampling_s = time.perf_counter() - start
     report = score_images(cfg, specs, images)
     settings = pipeline.settings

@@ -13,11 +13,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torchvision.utils import make_grid, save_image
 
+from ..artifacts.files import write_atomically, write_failure
 from ..artifacts.weights import BASE_FROM_INIT, checkpoint_name, step_checkpoints
 from ..config import ConfigError, NamiConfig
+from ..errors import RunStopped
 from ..eval import to_rgb_uint8
 from ..eval.sets import PromptSet, ShapesSet
 from ..sampling.images import captioned_grid, stage_panels, zoom
@@ -59,6 +62,10 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = trainer.global_step
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self._train_progress_bar is not None:  # drawn now, so the command's last line (why it stopped) stays last
+            self._train_progress_bar.close()
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -132,6 +139,12 @@ class StepCheckpoints(EveryNSteps):
         trainer.save_checkpoint(self.folder / checkpoint_name(trainer.global_step), weights_only=False)
         for _, old in step_checkpoints(self.folder)[: -self.keep]:
             trainer.strategy.remove_checkpoint(old)
+
+    def save_now(self, trainer, pl_module) -> Path:
+        """This step's checkpoint, out of turn (a stop signal: nami.lit.stopping), unless it is written already;
+        at the end of an optimizer step only. Every rank must call it. Returns its path."""
+        self._fire(trainer, pl_module)
+        return self.folder / checkpoint_name(trainer.global_step)
 
 
 class SampleGrid(EveryNSteps):
@@ -323,7 +336,8 @@ class ExportWeights(L.Callback):
     """At the end of training: complete weights to weights.safetensors, the EMA where the run trained and the
     base elsewhere (`JointFlowModule.ema_weights`), gathered from shards, float32, on rank 0. A LoRA run's holds
     its adapters alone (the base is trainer.init_from's; the metadata lists what it leaves out, as checkpoints do),
-    so a LoRA run never writes a second copy of the base."""
+    so a LoRA run never writes a second copy of the base. A file that cannot be written is one line naming it and
+    the cause, no partial file left."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -339,6 +353,9 @@ class ExportWeights(L.Callback):
         metadata = {"format": "nami-weights", "step": str(trainer.global_step)}
         if left_out:
             metadata[BASE_FROM_INIT] = json.dumps(sorted(left_out))
-        if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(self.path), metadata=metadata)
+        if trainer.is_global_zero:  # through a partial file: a kill or a full disk never leaves half of one
+            try:
+                write_atomically(self.path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
+            except (OSError, SafetensorError) as err:
+                raise RunStopped(f"could not write {self.path} ({write_failure(err)}); the checkpoints are intact: "
+                                 "free space and run again with trainer.resume=last") from None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -14,12 +16,15 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .. import signals
 from ..artifacts import RunDir, fitted_bridge
+from ..artifacts.run_dir import launched_by_rank_zero
 from ..artifacts.export import export_at_end_of_training
 from ..artifacts.layout import TENSORBOARD, TENSORBOARD_BRIDGE
 from ..artifacts.weights import init_directory, load_initial_weights
 from ..bridges import save_bridges
 from ..config import ConfigError, NamiConfig, to_dict
+from ..errors import Interrupted
 from ..models import image_tokens
 from ..parts import build_parts
 from ..sampling.precision import resolve_precision
@@ -35,6 +40,7 @@ from .callbacks import (
     throughput_monitor,
 )
 from .joint_flow import JointFlowModule, check_optimizer
+from .stopping import StopOnSignal, cluster_plugins
 from .strategies import build_strategy, checkpoint_plugins
 
 
@@ -91,7 +97,8 @@ def trainer_for(cfg: NamiConfig, run: RunDir | None, logger, callbacks, find_unu
     kwargs = dict(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),
-        strategy=build_strategy(cfg, find_unused), plugins=checkpoint_plugins(cfg), logger=logger,
+        strategy=build_strategy(cfg, find_unused), plugins=checkpoint_plugins(cfg) + cluster_plugins(),
+        logger=logger,
         callbacks=callbacks, log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0,
         limit_val_batches=0, use_distributed_sampler=False, deterministic=t.deterministic or None,
         default_root_dir=str(run.path) if run else None, enable_checkpointing=False,  # StepCheckpoints does
@@ -154,7 +161,29 @@ def stage_can_be_empty(module: JointFlowModule, batch_size: int) -> bool:
 
 
 def train(cfg: NamiConfig, module_cls: type[JointFlowModule] = JointFlowModule) -> RunDir:
-    """Joint multi-resolution flow training (resumable); returns the run directory."""
+    """Joint multi-resolution flow training (resumable); returns the run directory. A stop signal (SIGTERM,
+    SIGUSR1) ends it with `Interrupted` after the current optimizer step and its checkpoint (nami.lit.stopping)."""
+    with signals.handling_stop_signals():
+        try:
+            return _train(cfg, module_cls)
+        except Interrupted:
+            _outlive_parent_rank()
+            raise
+
+
+def _outlive_parent_rank(timeout: float = 30.0) -> None:
+    """A rank that Lightning's launcher started from rank 0's process exits after rank 0: Lightning's watchdog
+    there SIGKILLs every process as soon as one child ends with a non-zero status, which would cut rank 0's own
+    stop (its lock, its exit status) short."""
+    if not launched_by_rank_zero():
+        return
+    parent = os.getppid()
+    deadline = time.monotonic() + timeout
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _train(cfg: NamiConfig, module_cls: type[JointFlowModule]) -> RunDir:
     check_device(cfg)
     check_training(cfg)
     from data_modules import ShardDataModule
@@ -198,9 +227,10 @@ def _training_callbacks(cfg: NamiConfig, run: RunDir) -> list[L.Callback]:
                  throughput_monitor(tokens, t.log_every_n_steps), SkipCounts(t.log_every_n_steps),
                  SampleGrid(run.samples, cfg.log.sample_prompts, cfg.log.sample_seed, cfg.log.sample_every),
                  ExportWeights(run.weights), StepProgressBar()]  # fmt: skip
-    if cfg.log.record_keys:
-        callbacks.append(KeysRecorder(run.path))
     if cfg.eval.every_n_steps:  # GenEval-Shapes during training; with keep_best, checkpoints/best.ckpt
         best_dir = run.checkpoints if cfg.eval.keep_best else None
         callbacks.append(EvalCallback(cfg, cfg.eval.every_n_steps, cfg.eval.train_per_category, best_dir))
+    callbacks.append(StopOnSignal(callbacks[0]))  # after every end-of-step callback, before KeysRecorder
+    if cfg.log.record_keys:
+        callbacks.append(KeysRecorder(run.path))
     return callbacks

@@ -22,7 +22,9 @@ into a directory that already holds this record skips every batch whose images a
 batch with any image missing again, whole, writing only its missing images. An image depends on its seed only
 (`image_seed`), and a batch is always the same batch, so a killed and resumed run leaves every image equal, bit
 for bit, to an uninterrupted run's. A directory holding another record, or files that are not a run's, is
-refused in one line. A lock (OUT/.lock) keeps two processes out of one directory.
+refused in one line. A lock (OUT/.lock) keeps two processes out of one directory. A stop signal (SIGTERM,
+SIGUSR1: nami.signals) ends the run after the current batch, its images written, in one line (exit 143 / 138);
+the same command continues it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from ..artifacts.files import write_atomically
 from ..artifacts.layout import identity
 from ..artifacts.lock import RunLock
 from ..config import ConfigError, NamiConfig, to_dict
+from ..errors import Interrupted
+from ..signals import AFTER_BATCH, deferring_stop, stop_requested, stop_signal
 from .images import save_png
 from .prompts import PromptEntry, check_ids, image_seed, prompts_digest
 
@@ -192,17 +196,23 @@ class PromptRun:
         total = len(self.entries) * self.images_per_prompt
         kept = total - sum(not self.path(e, j).is_file() for batch in todo for e, j in batch)
         written = 0
-        for batch in tqdm(todo, desc="sampling", unit="batch", disable=not progress or not todo, dynamic_ncols=True):
-            self._before(batch)
-            height, width = self.size or (None, None)
-            result = pipeline.sample([e.prompt for e, _ in batch], seed=[self.image_seed(e, j) for e, j in batch],
-                                     batch_size=len(batch), height=height, width=width)  # fmt: skip
-            for (entry, j), image in zip(batch, result.images):
-                path = self.path(entry, j)
-                if not path.is_file():  # never replace an image that is there
-                    write_atomically(path, lambda p, image=image: save_png(image, p))
-                    written += 1
-            self._after(batch)
+        bar = tqdm(todo, desc="sampling", unit="batch", disable=not progress or not todo, dynamic_ncols=True)
+        with deferring_stop(AFTER_BATCH):
+            for n, batch in enumerate(bar):
+                self._before(batch)
+                height, width = self.size or (None, None)
+                result = pipeline.sample([e.prompt for e, _ in batch], seed=[self.image_seed(e, j) for e, j in batch],
+                                         batch_size=len(batch), height=height, width=width)  # fmt: skip
+                for (entry, j), image in zip(batch, result.images):
+                    path = self.path(entry, j)
+                    if not path.is_file():  # never replace an image that is there
+                        write_atomically(path, lambda p, image=image: save_png(image, p))
+                        written += 1
+                self._after(batch)
+                if stop_requested() and n + 1 < len(todo):  # every image so far is whole: stop here
+                    bar.close()
+                    raise Interrupted(stop_signal(), f"{kept + written} of {total} images are in {self.out}; the "
+                                                     "same command continues")  # fmt: skip
         self.finish()
         return {"written": written, "kept": kept, "images": total}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -295,11 +296,13 @@ class Pipeline:
     def sample(self, prompts: list[str], steps: list[int] | None = None, guidance: float | None = None,
                seed: int | list[int] = 0, mode: str | None = None, keep_stages: bool = False,
                latents: torch.Tensor | None = None, batch_size: int | None = None,
-               progress: bool = False, height: int | None = None,
-               width: int | None = None) -> SampleResult:  # fmt: skip
+               progress: bool = False, height: int | None = None, width: int | None = None,
+               stop: Callable[[], bool] | None = None) -> SampleResult:  # fmt: skip
         """One image per prompt (seed i = seed + i, or the given list), height x width pixels (default the square
         resolution; any size on the stage grid); `batch_size` splits the prompts into batches (an image depends
-        on its seed only, not on its batch), `progress` shows a bar over them."""
+        on its seed only, not on its batch), `progress` shows a bar over them. `stop` is asked after each batch:
+        when it says True the rest is not sampled, and the result holds the images of the first batches only
+        (a stop signal: nami.signals)."""
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
@@ -311,6 +314,8 @@ class Pipeline:
             chunk = latents[i : i + size] if latents is not None else None
             results.append(self._sample_batch(prompts[i : i + size], seeds[i : i + size], steps, guidance, mode,
                                               keep_stages, chunk, height, width))  # fmt: skip
+            if stop is not None and i + size < len(prompts) and stop():
+                break
         return SampleResult.cat(results) if len(results) > 1 else results[0]
 
     def _sample_batch(self, prompts, seeds, steps, guidance, mode, keep_stages, latents, height,

@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DATA_DIR ?= data/geneval_shapes
 DATA_NUM ?= 20000
 
-.PHONY: setup demo test test-fast info data pretrain-bridge train train-2b gpu-report ablate notebooks lock clean
+.PHONY: setup demo test test-all test-fast info data pretrain-bridge train train-2b gpu-report ablate notebooks lock clean
 
 setup: $(VENV)/.installed $(VENV)/.editable
 
@@ -32,7 +32,10 @@ $(VENV)/.editable: $(VENV)/.installed pyproject.toml $(wildcard src/nami/*/__ini
 demo: setup  ## the main job: data, bridges, 10 minutes of tiny training, samples, eval, speed (ARGS="key=value")
 	$(BIN)/python scripts/demo.py --data-dir $(DATA_DIR) --samples $(DATA_NUM) $(ARGS)
 
-test: setup  ## the whole suite (the README's test command; CI runs it)
+test: setup  ## the suite but the `extended` multi-process repeats (the README's test command; CI runs it)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not extended"
+
+test-all: setup  ## every test, the `extended` ones included (about 10 more minutes on 2 cores)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-fast: setup  ## skip the slow end-to-end and multi-process tests

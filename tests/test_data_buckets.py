@@ -375,6 +375,7 @@ def test_ddp_with_buckets_steps_together_and_reads_each_key_once_per_epoch(mixed
 # ---- the whole path: nami data synth --aspect-ratios, nami train data.buckets=auto, SIGKILL, resume ---------------
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.extended
 def test_nami_train_with_auto_buckets_killed_mid_pass_resumes_the_exact_sequence(tmp_path):
     """`tiny` at 48 px with data.buckets=auto (32x64, 48x48, 64x32) on GenEval-Shapes at 1:2, 1:1 and 2:1: trains
     end to end; every step is one bucket; SIGKILLed after its step-3 checkpoint (mid-pass, with samples pending

@@ -59,6 +59,7 @@ def check_sampling(entry: dict, batch: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_tiny_report_measures_every_section_beside_the_plan(tmp_path):
     out = tmp_path / "report.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -107,6 +107,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, shapes):
     assert_same_run(tmp_path, 8)
 
 
+@pytest.mark.extended
 def test_sigkill_mid_accumulation_then_resume_reproduces_the_uninterrupted_run(tmp_path, shapes):
     """trainer.accumulate_grad_batches=2: killed after a micro-batch of step 3 started; the resumed run redoes
     step 3 from its first micro-batch, with the same data and noise."""
@@ -127,6 +128,7 @@ def base(tmp_path_factory, shapes):
     return sorted((root / "base" / "export").iterdir())[-1]
 
 
+@pytest.mark.extended
 def test_sigkill_then_resume_of_a_partial_fine_tune(tmp_path, shapes, base):
     """Only the blocks of stage 2 and the head train from trainer.init_from: checkpoints hold no base tensor, and
     the resumed run (base reloaded from init_from, the rest from the checkpoint) ends on the same weights."""
@@ -152,6 +154,7 @@ def test_ddp_and_fsdp2_end_with_the_same_parameters(tmp_path, shapes):
     assert (tmp_path / "fsdp" / "checkpoints" / "step00000003.ckpt").is_dir()  # a distributed checkpoint
 
 
+@pytest.mark.extended
 def test_a_partial_fine_tune_under_ddp_and_fsdp2_ends_with_the_same_weights(tmp_path, shapes, base):
     """The EMA of the trained tensors only, sharded under FSDP2 like them, swapped into the live model for a sample
     grid after every step and back; the FSDP run is stopped at step 2 and resumed from its distributed checkpoint,
@@ -180,6 +183,7 @@ def test_a_partial_fine_tune_under_ddp_and_fsdp2_ends_with_the_same_weights(tmp_
 LORA = "finetune.lora.rank=4"
 
 
+@pytest.mark.extended
 def test_sigkill_then_resume_of_a_lora_run(tmp_path, shapes, base):
     """LoRA adapters on trainer.init_from's base: checkpoints hold the adapters alone, and the resumed run (base
     reloaded from init_from, adapters and their optimizer state from the checkpoint) ends on the same adapters."""
@@ -191,6 +195,7 @@ def test_sigkill_then_resume_of_a_lora_run(tmp_path, shapes, base):
     assert_same_run(tmp_path, 6)
 
 
+@pytest.mark.extended
 def test_a_lora_run_under_ddp_and_fsdp2_ends_with_the_same_adapter(tmp_path, shapes, base):
     """Two CPU ranks: DDP, and FSDP2 (the base sharded too) stopped at step 2 and resumed from its distributed
     checkpoint, which holds the adapters alone; both end with the same adapter files."""

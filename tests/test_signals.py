@@ -172,6 +172,7 @@ def test_sigusr1_on_slurm_saves_requeues_and_a_second_signal_while_saving_change
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sigterm_to_rank_zero_of_ddp_stops_every_rank_after_the_same_step(tmp_path, shapes):
     """Rank 0 alone gets SIGTERM (Lightning's launcher started rank 1 from it): the ranks agree at the end of the
     step, both stop after it, rank 0 writes its checkpoint and exits 143; the run resumes to the end."""

@@ -60,3 +60,13 @@ def tiny_models(tmp_path_factory):
     for name in ("t5", "clip"):
         tokenizer.save_pretrained(root / name)
     return root
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    """60 synthetic GenEval-Shapes samples at 32 px in 2 shards (the fine-tuning tests' data)."""
+    from data_modules.synth import write_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes(root, num=60, shards=2, resolution=32, seed=0)
+    return root

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from nami.artifacts.model_dir import config_for_weights
 from nami.artifacts.weights import BASE_FROM_INIT, read_weights
-from nami.config import ConfigError, load
+from nami.config import ConfigError
 from nami.lit import JointFlowModule
 from nami.lit.runner import train
 from nami.sampling import Pipeline
 
+from .finetune_fixtures import finetune_tiny
 from .helpers import EXPERIMENTS, LEARNED_TEXT
 from .safety_fixtures import cli
 
@@ -27,21 +28,12 @@ LORA = "finetune.lora.rank=4"
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from data_modules.synth import write_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes(root, num=60, shards=2, resolution=32, seed=0)
-    return root
+def shapes(small_shapes):
+    return small_shapes  # conftest.py's
 
 
 def tiny(root, shapes, *overrides):
-    return load(EXPERIMENTS / "tiny.yaml", [
-        *LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
-        f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.precision=32-true",
-        "bridge.kind=identity", "log.sample_prompts=[a red circle]", "sampler.steps=[1,1,1]", "optim.warmup_steps=2",
-        "trainer.max_steps=3", *overrides,
-    ])  # fmt: skip
+    return finetune_tiny(root, shapes, "trainer.max_steps=3", *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from nami.artifacts.weights import load_parts_weights, read_weights
-from nami.config import ConfigError, load
+from nami.config import ConfigError
 from nami.flow import data_pyramid
 from nami.lit import JointFlowModule
 from nami.lit.joint_flow import check_optimizer
 from nami.lit.runner import train
 from nami.parts import build_parts
 
-from .helpers import EXPERIMENTS, LEARNED_TEXT
+from .finetune_fixtures import finetune_tiny
 
 # the optimizer state each one keeps per tensor (bitsandbytes nests its quantised moments)
 STATE = {"adamw": {"exp_avg", "exp_avg_sq"}, "adafactor": {"row_var", "col_var"},
@@ -26,21 +26,11 @@ STATE = {"adamw": {"exp_avg", "exp_avg_sq"}, "adafactor": {"row_var", "col_var"}
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from data_modules.synth import write_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes(root, num=60, shards=2, resolution=32, seed=0)
-    return root
+def shapes(small_shapes):
+    return small_shapes  # conftest.py's
 
 
-def tiny(root, shapes, *overrides):
-    return load(EXPERIMENTS / "tiny.yaml", [
-        *LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
-        f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.precision=32-true",
-        "bridge.kind=identity", "log.sample_prompts=[a red circle]", "sampler.steps=[1,1,1]", "optim.warmup_steps=2",
-        *overrides,
-    ])  # fmt: skip
+tiny = finetune_tiny
 
 
 @pytest.fixture(scope="module")

@@ -10,33 +10,24 @@ import torch
 from safetensors.torch import load_file
 
 from nami.artifacts.weights import BASE_FROM_INIT, read_weights
-from nami.config import ConfigError, load
+from nami.config import ConfigError
 from nami.lit import JointFlowModule
 from nami.lit.runner import pretrain_bridges, train
 from nami.models.selection import trainable_names
 from nami.parts import build_parts
 
-from .helpers import EXPERIMENTS, LEARNED_TEXT
+from .finetune_fixtures import finetune_tiny
 
 STAGE2_AND_HEAD = "trainer.trainable=[stage:2,model.final.*]"  # the zero-initialised head passes gradients on
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from data_modules.synth import write_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes(root, num=60, shards=2, resolution=32, seed=0)
-    return root
+def shapes(small_shapes):
+    return small_shapes  # conftest.py's
 
 
 def tiny(root, shapes, *overrides):
-    return load(EXPERIMENTS / "tiny.yaml", [
-        *LEARNED_TEXT, f"data.shards={shapes}/*.tar", "data.batch_size=6", "data.num_workers=0",
-        f"trainer.default_root_dir={root}", "trainer.accelerator=cpu", "trainer.precision=32-true",
-        "bridge.kind=identity", "log.sample_prompts=[a red circle]", "sampler.steps=[1,1,1]", "optim.warmup_steps=2",
-        "trainer.max_steps=3", *overrides,
-    ])  # fmt: skip
+    return finetune_tiny(root, shapes, "trainer.max_steps=3", *overrides)
 
 
 class StartWeights(JointFlowModule):
